@@ -1,0 +1,156 @@
+//! Configuration: the TOML file (SPEC §3) is parsed into raw serde structs
+//! (`raw.rs`, `deny_unknown_fields`), then validated into the immutable
+//! [`Config`] snapshot every worker builds its per-core state from.
+//!
+//! Errors name the file, the table and the key, so a typo never silently
+//! changes routing.
+
+use std::path::PathBuf;
+
+use crate::route::Rule;
+
+/// Wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderFormat {
+    OpenAi,
+    Anthropic,
+    Ollama,
+    /// Built-in provider answering inside the router (SPEC §9).
+    Mock,
+}
+
+impl ProviderFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderFormat::OpenAi => "openai",
+            ProviderFormat::Anthropic => "anthropic",
+            ProviderFormat::Ollama => "ollama",
+            ProviderFormat::Mock => "mock",
+        }
+    }
+}
+
+/// URL scheme of a provider's `base_url`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// A validated `[[providers]]` entry.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub format: ProviderFormat,
+    /// `base_url` as configured, trailing `/` removed.
+    pub base_url: String,
+    pub scheme: Scheme,
+    /// Host part of `base_url` (no brackets for IPv6), used for connect and `Host:`.
+    pub host: String,
+    pub port: u16,
+    /// Path part of `base_url` without trailing `/` ("" or "/v1", ...).
+    pub base_path: String,
+    /// Value of the `Host` header to send (`host` or `host:port` when the port is not the default).
+    pub host_header: String,
+    pub api_key_env: Option<String>,
+    /// Resolved key (None when no `api_key_env` was configured).
+    pub api_key: Option<String>,
+    pub cost_per_1m_tokens: f64,
+    pub quality: f64,
+    pub latency_ms: Option<f64>,
+    pub throughput_tokens_per_sec: Option<f64>,
+    /// `Some(reason)` when the provider was skipped at startup (missing key):
+    /// it is kept so rules may name it, but it is never a candidate.
+    pub skipped: Option<String>,
+    /// New key `first_byte_timeout_ms`: overrides `[server] first_byte_timeout_ms`.
+    pub first_byte_timeout_ms: Option<u64>,
+}
+
+impl Provider {
+    pub fn active(&self) -> bool {
+        self.skipped.is_none()
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub dashboard: bool,
+    pub api_key_env: Option<String>,
+    /// Resolved inbound key; startup fails when `api_key_env` is set but the variable is not.
+    pub api_key: Option<String>,
+    /// New key: worker threads (default: number of CPUs).
+    pub workers: usize,
+    /// New key: request body limit in bytes (default 32 MiB) → 413 beyond it.
+    pub max_body_bytes: usize,
+    /// New key: request head limit in bytes (default 64 KiB) → 431 beyond it.
+    pub max_head_bytes: usize,
+    /// New key: whole-head read deadline (default 10 000 ms) → 408 and close.
+    pub header_timeout_ms: u64,
+    /// New key: idle keep-alive connection timeout (default 60 000 ms).
+    pub idle_timeout_ms: u64,
+    /// New key: upstream connect timeout (default 5 000 ms) → 502.
+    pub connect_timeout_ms: u64,
+    /// New key: time allowed for the upstream's first response byte (default 600 000 ms) → 504.
+    pub first_byte_timeout_ms: u64,
+    /// New key: idle TTL of pooled upstream connections (default 4 000 ms; vLLM drops at ~5 s).
+    pub pool_idle_ttl_ms: u64,
+    /// New key: max idle pooled connections per provider per core (default 64).
+    pub pool_max_idle: usize,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    pub enabled: bool,
+    pub path: PathBuf,
+}
+
+/// `[telemetry]` (accepted and validated; export is a later issue).
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub enabled: bool,
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    pub sample_ratio: f64,
+}
+
+/// One enabled-or-not classifier table (`[classifiers.<id>]` / `[response_classifiers.<id>]`).
+#[derive(Debug, Clone)]
+pub struct ClassifierConfig {
+    pub id: String,
+    pub enabled: bool,
+    /// Every other key of the table.
+    pub settings: toml::Table,
+}
+
+/// `[plugins.<id>]`.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub id: String,
+    pub enabled: bool,
+    pub settings: toml::Table,
+}
+
+/// The validated, immutable configuration snapshot.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from: a file path, or `<embedded default>`.
+    pub source: String,
+    pub server: ServerConfig,
+    pub logging: LoggingConfig,
+    pub telemetry: TelemetryConfig,
+    /// All providers in config order, skipped ones included (see [`Provider::skipped`]).
+    pub providers: Vec<Provider>,
+    /// `[classifiers.keyword]` when enabled: tags in config order, each with its keywords.
+    pub keyword_tags: Option<Vec<(String, Vec<String>)>>,
+    /// All `[classifiers.<id>]` tables (keyword included), in file order.
+    pub classifiers: Vec<ClassifierConfig>,
+    /// All `[response_classifiers.<id>]` tables.
+    pub response_classifiers: Vec<ClassifierConfig>,
+    /// The rule chain, top to bottom.
+    pub routers: Vec<Rule>,
+    pub plugins: Vec<PluginConfig>,
+}
