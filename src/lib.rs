@@ -17,6 +17,8 @@
 
 pub mod classify;
 pub mod config;
+pub mod diag;
+pub mod error;
 pub mod http;
 pub mod json;
 pub mod mock;

@@ -1,4 +1,120 @@
+//! `opensourcellmrouter`: serve, check a config, or watch a running router.
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {}
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use opensourcellmrouter::{config, diag, runtime};
+
+const HELP: &str = "\
+opensourcellmrouter — a fast, local-first LLM router
+
+USAGE:
+    opensourcellmrouter [CONFIG]          serve (CONFIG defaults to ./config.toml;
+                                          without it the embedded default config is used)
+    opensourcellmrouter check CONFIG      validate CONFIG, print providers and the rule chain
+    opensourcellmrouter watch [URL]       follow a running router's dashboard feed
+    opensourcellmrouter tui [URL]         terminal UI on a running router
+    opensourcellmrouter --help | --version
+
+ENVIRONMENT:
+    RUST_LOG                      error | warn | info (default) | debug
+    OPENSOURCELLMROUTER_DRIVER    set to `legacy` to force the epoll driver
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("--help") | Some("-h") | Some("help") => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        Some("--version") | Some("-V") => {
+            println!("opensourcellmrouter {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some("check") => check(args.get(1).map(String::as_str)),
+        Some("watch") | Some("tui") => {
+            eprintln!("error: `{}` is not available in this build yet", args[0]);
+            ExitCode::from(2)
+        }
+        Some(flag) if flag.starts_with('-') => {
+            eprintln!("error: unknown option `{flag}`\n\n{HELP}");
+            ExitCode::from(2)
+        }
+        path => serve(path),
+    }
+}
+
+fn load(path: Option<&str>) -> Result<config::Config, String> {
+    config::load_dotenv(Path::new("."));
+    match path {
+        Some(p) => config::load(Path::new(p)).map_err(|e| e.to_string()),
+        None if Path::new("config.toml").exists() => config::load(Path::new("config.toml")).map_err(|e| e.to_string()),
+        None => {
+            diag::info("no config.toml in the working directory: using the embedded default config");
+            config::load_default().map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn check(path: Option<&str>) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("error: `check` needs a CONFIG path");
+        return ExitCode::from(2);
+    };
+    match load(Some(path)) {
+        Ok(cfg) => {
+            print!("{}", config::describe(&cfg));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: Option<&str>) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            diag::error(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    for p in &cfg.providers {
+        if let Some(reason) = &p.skipped {
+            diag::warn(&format!("provider '{}' skipped: {reason}", p.name));
+        }
+    }
+    let (snapshot, warnings) = match runtime::Snapshot::build(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            diag::error(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &warnings {
+        diag::warn(w);
+    }
+    let workers = snapshot.config.server.workers;
+    let source = snapshot.config.source.clone();
+    let server = match runtime::start(Arc::new(snapshot)) {
+        Ok(s) => s,
+        Err(e) => {
+            diag::error(&format!("cannot start: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    diag::always(&format!(
+        "opensourcellmrouter listening on http://{} ({workers} workers, {} driver, config {source})",
+        server.addr,
+        server.driver.name()
+    ));
+    server.join();
+    ExitCode::SUCCESS
+}

@@ -4,10 +4,109 @@
 //!
 //! Errors name the file, the table and the key, so a typo never silently
 //! changes routing.
+//!
+//! Files: `raw.rs` (the schema as written), `validate.rs` (defaults, checks,
+//! name → index resolution), `locate.rs` (file:line:col, table and key of an
+//! error), `url.rs` (`base_url`), `dotenv.rs` (`.env`), `describe.rs` (the
+//! `check` subcommand's report), `default.toml` ([`EMBEDDED_DEFAULT`]).
+//! User documentation: `docs/configuration.md`.
 
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use crate::route::Rule;
+
+mod describe;
+mod dotenv;
+mod locate;
+pub mod raw;
+mod url;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use describe::describe;
+pub use dotenv::{load_dotenv, parse_dotenv};
+
+/// The configuration used when no config file exists (SPEC §9): loopback
+/// :8090, dashboard and logging on, the keyword classifier, and providers for
+/// a local llama-server, Ollama and the built-in mock. See `default.toml`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// The `source` name of a config built from [`EMBEDDED_DEFAULT`].
+pub const EMBEDDED_SOURCE: &str = "<embedded default>";
+
+/// A config that cannot be used. `message` names the file, the line:col when
+/// known, the table and the key, e.g.
+/// ``config.toml:3:1: unknown key `prot` in [server], expected one of: ...``.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        ConfigError {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads, parses and validates the config file at `path`.
+///
+/// Environment variables are looked up in the process environment first, then
+/// in `.env` in the current working directory (SPEC §3); the process
+/// environment itself is not modified, so this is safe to call for a reload
+/// while workers run (see [`load_dotenv`] for startup).
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(format!("{source}: cannot read the config file: {e}")))?;
+    from_str(&text, &source, &process_env())
+}
+
+/// Parses and validates [`EMBEDDED_DEFAULT`] (environment as for [`load`]).
+pub fn load_default() -> Result<Config, ConfigError> {
+    from_str(EMBEDDED_DEFAULT, EMBEDDED_SOURCE, &process_env())
+}
+
+/// Parses and validates `text`; `source` names it in errors and in
+/// [`Config::source`]. Pure: environment variables are looked up only
+/// through `env`.
+pub fn from_str(
+    text: &str,
+    source: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let doc = locate::Doc::parse(source, text)?;
+    let raw = doc.deserialize()?;
+    validate::build(&doc, raw, env)
+}
+
+/// Process environment, then `./.env`, without modifying either.
+fn process_env() -> impl Fn(&str) -> Option<String> {
+    let dotenv = std::env::current_dir()
+        .map(|dir| dotenv::read_dotenv(&dir))
+        .unwrap_or_default();
+    with_dotenv(|key| std::env::var(key).ok(), dotenv)
+}
+
+/// `primary` first, `.env` values only for variables `primary` lacks.
+fn with_dotenv(
+    primary: impl Fn(&str) -> Option<String>,
+    dotenv: std::collections::HashMap<String, String>,
+) -> impl Fn(&str) -> Option<String> {
+    move |key: &str| primary(key).or_else(|| dotenv.get(key).cloned())
+}
 
 /// Wire format a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,4 +252,7 @@ pub struct Config {
     /// The rule chain, top to bottom.
     pub routers: Vec<Rule>,
     pub plugins: Vec<PluginConfig>,
+    /// Things worth a startup warning that do not stop the router (skipped
+    /// providers, a `discover` rule on a non-Ollama provider, ...).
+    pub warnings: Vec<String>,
 }

@@ -1,1 +1,235 @@
-//! observe
+//! Observability: the JSONL request log (SPEC §7).
+//!
+//! Workers serialize each finished request into a line on their own core and
+//! hand it to the log thread through a bounded queue with `try_send`: a full
+//! queue drops the line and counts it, a worker never waits for the disk.
+//! The log thread writes lines in batches and flushes when the queue runs dry.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+/// Lines the queue holds before new ones are dropped.
+const QUEUE_LINES: usize = 65_536;
+
+/// Counters shared by workers and the log thread. Only touched once per
+/// request (written) or on the rare drop path, never in a loop.
+#[derive(Debug, Default)]
+pub struct LogCounters {
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// A worker's handle to the log thread. Cloned once per worker.
+#[derive(Clone)]
+pub struct LogSender {
+    tx: SyncSender<Vec<u8>>,
+    counters: Arc<LogCounters>,
+}
+
+impl LogSender {
+    /// Queue one finished line (must end with `\n`). Never blocks.
+    pub fn send(&self, line: Vec<u8>) {
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn counters(&self) -> &LogCounters {
+        &self.counters
+    }
+}
+
+/// Open (append, parents created) the log file and start the writer thread.
+pub fn start(path: &Path) -> io::Result<LogSender> {
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)?;
+    }
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
+    let counters = Arc::new(LogCounters::default());
+    let thread_counters = counters.clone();
+    std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || writer_loop(rx, file, &thread_counters))?;
+    Ok(LogSender { tx, counters })
+}
+
+fn writer_loop(rx: Receiver<Vec<u8>>, file: File, counters: &LogCounters) {
+    let mut out = BufWriter::with_capacity(256 * 1024, file);
+    // Blocks only this thread; ends when every worker's sender is gone.
+    while let Ok(line) = rx.recv() {
+        let mut n = 1u64;
+        let mut ok = out.write_all(&line).is_ok();
+        while let Ok(line) = rx.try_recv() {
+            ok &= out.write_all(&line).is_ok();
+            n += 1;
+        }
+        ok &= out.flush().is_ok();
+        if ok {
+            counters.written.fetch_add(n, Ordering::Relaxed);
+        } else {
+            counters.dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+    let _ = out.flush();
+}
+
+/// Builder of one JSON log line, written by hand into a reused buffer so the
+/// request's `messages` can be embedded as the client's raw (already
+/// validated) JSON without building a value tree.
+pub struct LineWriter<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> LineWriter<'a> {
+    pub fn new(out: &'a mut Vec<u8>) -> Self {
+        out.clear();
+        out.push(b'{');
+        LineWriter { out, first: true }
+    }
+
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    pub fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        crate::json::write_json_string(self.out, v);
+    }
+
+    pub fn opt_str(&mut self, k: &str, v: Option<&str>) {
+        match v {
+            Some(v) => self.str(k, v),
+            None => self.null(k),
+        }
+    }
+
+    pub fn null(&mut self, k: &str) {
+        self.key(k);
+        self.out.extend_from_slice(b"null");
+    }
+
+    pub fn u64(&mut self, k: &str, v: u64) {
+        self.key(k);
+        let _ = write!(self.out, "{v}");
+    }
+
+    pub fn opt_u64(&mut self, k: &str, v: Option<u64>) {
+        match v {
+            Some(v) => self.u64(k, v),
+            None => self.null(k),
+        }
+    }
+
+    pub fn f64(&mut self, k: &str, v: f64) {
+        self.key(k);
+        if v.is_finite() {
+            let _ = write!(self.out, "{v}");
+        } else {
+            self.out.extend_from_slice(b"null");
+        }
+    }
+
+    pub fn bool(&mut self, k: &str, v: bool) {
+        self.key(k);
+        self.out
+            .extend_from_slice(if v { b"true" } else { b"false" });
+    }
+
+    pub fn str_array<'s>(&mut self, k: &str, items: impl IntoIterator<Item = &'s str>) {
+        self.key(k);
+        self.out.push(b'[');
+        for (i, s) in items.into_iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            crate::json::write_json_string(self.out, s);
+        }
+        self.out.push(b']');
+    }
+
+    /// Embed bytes that are already valid JSON (e.g. the request's `messages`).
+    pub fn raw(&mut self, k: &str, json: &[u8]) {
+        self.key(k);
+        self.out.extend_from_slice(json);
+    }
+
+    /// Close the object and terminate the line.
+    pub fn finish(self) {
+        self.out.extend_from_slice(b"}\n");
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_writer_builds_valid_json() {
+        let mut buf = Vec::new();
+        let mut w = LineWriter::new(&mut buf);
+        w.u64("ts_ms", 1234567890123);
+        w.u64("zero", 0);
+        w.str("s", "a\"b\n");
+        w.opt_str("none", None);
+        w.str_array("tags", ["code", "vision"]);
+        w.raw("messages", br#"[{"role":"user","content":"hi"}]"#);
+        w.bool("stream", true);
+        w.f64("f", 1.5);
+        w.finish();
+        assert!(buf.ends_with(b"}\n"));
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["ts_ms"], 1234567890123u64);
+        assert_eq!(v["zero"], 0);
+        assert_eq!(v["s"], "a\"b\n");
+        assert!(v["none"].is_null());
+        assert_eq!(v["tags"][1], "vision");
+        assert_eq!(v["messages"][0]["content"], "hi");
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["f"], 1.5);
+    }
+
+    #[test]
+    fn writer_thread_appends_lines() {
+        let dir = std::env::temp_dir().join(format!("osr-log-{}", std::process::id()));
+        let path = dir.join("sub/requests.jsonl");
+        let tx = start(&path).unwrap();
+        tx.send(b"{\"a\":1}\n".to_vec());
+        tx.send(b"{\"a\":2}\n".to_vec());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 2 {
+                assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "log lines not written");
+            std::thread::yield_now();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

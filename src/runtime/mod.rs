@@ -1,1 +1,246 @@
-//! runtime
+//! Workers: one monoio runtime per core, each with its own `SO_REUSEPORT`
+//! listener and its own per-core state ([`Core`]) built from the shared,
+//! immutable [`Snapshot`]. A request lives and dies on the core that
+//! accepted it; nothing on the request path takes a lock.
+
+mod conn;
+mod pipeline;
+mod watch;
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use monoio::net::{ListenerOpts, TcpListener};
+
+use crate::classify::{KeywordClassifier, RefusalClassifier};
+use crate::config::Config;
+use crate::observe::LogSender;
+use crate::route::{Discovery, Rng};
+use crate::upstream::{Pools, Target};
+
+/// Everything workers share, built and validated once on the control thread.
+pub struct Snapshot {
+    pub config: Config,
+    pub classifier: Option<KeywordClassifier>,
+    pub refusal: Option<RefusalClassifier>,
+    pub discovery: Discovery,
+    pub targets: Vec<Target>,
+    /// Prebuilt body of `GET /v1/models`.
+    pub models_body: Vec<u8>,
+    pub log: Option<LogSender>,
+}
+
+impl Snapshot {
+    /// Build the snapshot: compile the keyword automaton, resolve provider
+    /// addresses, run discovery, open the log. Returns warnings to print.
+    pub fn build(config: Config) -> Result<(Snapshot, Vec<String>), String> {
+        let mut warnings = Vec::new();
+        let classifier = match &config.keyword_tags {
+            Some(tags) => Some(KeywordClassifier::new(tags).map_err(|e| format!("[classifiers.keyword]: {e}"))?),
+            None => None,
+        };
+        let refusal = config
+            .response_classifiers
+            .iter()
+            .find(|c| c.id == "refusal" && c.enabled)
+            .map(|c| {
+                let phrases: Option<Vec<String>> = match c.settings.get("phrases") {
+                    None => None,
+                    Some(toml::Value::Array(items)) => Some(
+                        items
+                            .iter()
+                            .map(|v| v.as_str().map(str::to_string).ok_or("`phrases` must be an array of strings"))
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    Some(_) => return Err("`phrases` must be an array of strings".to_string()),
+                };
+                RefusalClassifier::new(phrases.as_deref())
+            })
+            .transpose()
+            .map_err(|e| format!("[response_classifiers.refusal]: {e}"))?;
+        let (discovery, discovery_warnings) = crate::route::discover(&config, Duration::from_secs(2));
+        warnings.extend(discovery_warnings);
+        let targets = crate::upstream::resolve_targets(&config.providers);
+        for (p, t) in config.providers.iter().zip(&targets) {
+            if let Some(e) = &t.resolve_error {
+                warnings.push(format!("provider '{}': {e}", p.name));
+            }
+        }
+        let models = crate::route::known_models(&config.routers, &discovery);
+        let mut models_body = Vec::with_capacity(64 + models.len() * 64);
+        models_body.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
+        for (i, m) in models.iter().enumerate() {
+            if i > 0 {
+                models_body.push(b',');
+            }
+            models_body.extend_from_slice(b"{\"id\":");
+            crate::json::write_json_string(&mut models_body, m);
+            models_body.extend_from_slice(b",\"object\":\"model\",\"created\":0,\"owned_by\":\"opensourcellmrouter\"}");
+        }
+        models_body.extend_from_slice(b"]}");
+        let log = if config.logging.enabled {
+            Some(
+                crate::observe::start(&config.logging.path)
+                    .map_err(|e| format!("[logging] path {}: {e}", config.logging.path.display()))?,
+            )
+        } else {
+            None
+        };
+        Ok((Snapshot { config, classifier, refusal, discovery, targets, models_body, log }, warnings))
+    }
+}
+
+/// Per-core state: built by each worker from the snapshot, never shared
+/// across threads (`Rc`, `Cell`, `RefCell`; no locks).
+pub struct Core {
+    pub snap: Arc<Snapshot>,
+    pub pools: Pools,
+    pub rng: RefCell<Rng>,
+    pub worker: usize,
+    next_id: Cell<u64>,
+}
+
+impl Core {
+    fn new(worker: usize, snap: Arc<Snapshot>) -> Self {
+        let cfg = &snap.config.server;
+        let pools = Pools::new(
+            snap.config.providers.len(),
+            Duration::from_millis(cfg.pool_idle_ttl_ms),
+            cfg.pool_max_idle,
+        );
+        let seed = crate::observe::now_ms() ^ ((worker as u64 + 1) << 32) ^ u64::from(std::process::id());
+        Core { snap, pools, rng: RefCell::new(Rng::new(seed)), worker, next_id: Cell::new(0) }
+    }
+
+    /// A request id unique across workers and restarts: worker, start time, counter.
+    pub fn request_id(&self, ts_ms: u64) -> String {
+        let n = self.next_id.get();
+        self.next_id.set(n + 1);
+        format!("req_{ts_ms:x}{:02x}{n:06x}", self.worker)
+    }
+}
+
+/// Which io driver the workers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    IoUring,
+    Legacy,
+}
+
+impl DriverKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::IoUring => "io_uring",
+            DriverKind::Legacy => "legacy (epoll)",
+        }
+    }
+
+    /// io_uring when the kernel allows it, unless `OPENSOURCELLMROUTER_DRIVER=legacy`.
+    pub fn detect() -> Self {
+        let forced_legacy = std::env::var("OPENSOURCELLMROUTER_DRIVER").is_ok_and(|v| v == "legacy");
+        if !forced_legacy && monoio::utils::detect_uring() {
+            DriverKind::IoUring
+        } else {
+            DriverKind::Legacy
+        }
+    }
+}
+
+/// A running server: its bound address and worker threads.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub driver: DriverKind,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Block until every worker exits (they run until the process ends).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Start one worker per `[server] workers`. Worker 0 binds first (port 0
+/// becomes a real port), the others bind the same address with `SO_REUSEPORT`.
+pub fn start(snap: Arc<Snapshot>) -> io::Result<Server> {
+    let cfg = &snap.config.server;
+    let addr = (cfg.host.as_str(), cfg.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("cannot resolve {}", cfg.host)))?;
+    let driver = DriverKind::detect();
+    let mut threads = Vec::new();
+    let mut bound = addr;
+    for worker in 0..cfg.workers.max(1) {
+        let (tx, rx) = mpsc::channel();
+        let snap = snap.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("worker-{worker}"))
+            .spawn(move || run_worker(worker, snap, bound, driver, tx))?;
+        match rx.recv() {
+            Ok(Ok(local)) => bound = local,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::other(format!("worker {worker} failed to start"))),
+        }
+        threads.push(t);
+    }
+    Ok(Server { addr: bound, driver, threads })
+}
+
+fn run_worker(
+    worker: usize,
+    snap: Arc<Snapshot>,
+    addr: SocketAddr,
+    driver: DriverKind,
+    ready: mpsc::Sender<io::Result<SocketAddr>>,
+) {
+    let result = match driver {
+        DriverKind::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(4096)
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(worker_main(worker, snap, addr, ready.clone()))),
+        DriverKind::Legacy => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(worker_main(worker, snap, addr, ready.clone()))),
+    };
+    if let Err(e) = result {
+        let _ = ready.send(Err(e));
+    }
+}
+
+async fn worker_main(worker: usize, snap: Arc<Snapshot>, addr: SocketAddr, ready: mpsc::Sender<io::Result<SocketAddr>>) {
+    let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096);
+    let listener = match TcpListener::bind_with_config(addr, &opts) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))));
+            return;
+        }
+    };
+    let local = listener.local_addr().unwrap_or(addr);
+    let _ = ready.send(Ok(local));
+    let core = Rc::new(Core::new(worker, snap));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(conn::serve(stream, core.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                eprintln!("worker {worker}: accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

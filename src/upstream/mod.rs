@@ -1,1 +1,127 @@
-//! upstream
+//! Upstreams: provider addresses (resolved once per snapshot, off the
+//! workers), per-core keep-alive connection pools, and connecting.
+//!
+//! Pools are LIFO (the most recently used connection is the warmest and the
+//! least likely to have been closed by the upstream's idle timer) and drop
+//! connections idle longer than `[server] pool_idle_ttl_ms`, which defaults
+//! below vLLM's ~5 s keep-alive. A connection whose read or write was
+//! abandoned is never given back (callers simply drop it).
+
+use std::cell::RefCell;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::config::{Provider, ProviderFormat};
+
+/// Where a provider lives, resolved at snapshot build time.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addrs: Vec<SocketAddr>,
+    /// `host:port` as configured, for error messages.
+    pub display: String,
+    /// Resolution failure, reported when the provider is used.
+    pub resolve_error: Option<String>,
+}
+
+/// Resolve every provider's host (DNS happens here, on the control thread).
+pub fn resolve_targets(providers: &[Provider]) -> Vec<Target> {
+    providers
+        .iter()
+        .map(|p| {
+            let display = format!("{}:{}", p.host, p.port);
+            if p.format == ProviderFormat::Mock || !p.active() {
+                return Target { addrs: Vec::new(), display, resolve_error: None };
+            }
+            match (p.host.as_str(), p.port).to_socket_addrs() {
+                Ok(addrs) => {
+                    let mut addrs: Vec<SocketAddr> = addrs.collect();
+                    // Prefer IPv4 loopback-style order: local servers (llama-server,
+                    // vLLM) usually listen on 127.0.0.1 only.
+                    addrs.sort_by_key(|a| !a.is_ipv4());
+                    Target { addrs, display, resolve_error: None }
+                }
+                Err(e) => Target {
+                    addrs: Vec::new(),
+                    display,
+                    resolve_error: Some(format!("cannot resolve {}: {e}", p.host)),
+                },
+            }
+        })
+        .collect()
+}
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// One core's idle upstream connections, one LIFO stack per provider.
+pub struct Pools {
+    idle: RefCell<Vec<Vec<Idle>>>,
+    ttl: Duration,
+    max_idle: usize,
+}
+
+impl Pools {
+    pub fn new(n_providers: usize, ttl: Duration, max_idle: usize) -> Self {
+        Pools {
+            idle: RefCell::new((0..n_providers).map(|_| Vec::new()).collect()),
+            ttl,
+            max_idle,
+        }
+    }
+
+    /// The most recently returned live connection, if any. Expired ones are dropped.
+    pub fn take(&self, provider: usize) -> Option<TcpStream> {
+        let mut idle = self.idle.borrow_mut();
+        let stack = idle.get_mut(provider)?;
+        let now = Instant::now();
+        while let Some(c) = stack.pop() {
+            if now.duration_since(c.since) < self.ttl {
+                return Some(c.stream);
+            }
+            // The rest are older still: drop them all.
+            stack.clear();
+            return None;
+        }
+        None
+    }
+
+    /// Give back a connection whose response was read completely.
+    pub fn give(&self, provider: usize, stream: TcpStream) {
+        let mut idle = self.idle.borrow_mut();
+        if let Some(stack) = idle.get_mut(provider) {
+            if stack.len() >= self.max_idle {
+                // Drop the oldest: LIFO keeps the warm end.
+                stack.remove(0);
+            }
+            stack.push(Idle { stream, since: Instant::now() });
+        }
+    }
+
+    /// Idle connections currently pooled for `provider` (for tests and metrics).
+    pub fn idle_count(&self, provider: usize) -> usize {
+        self.idle.borrow().get(provider).map_or(0, Vec::len)
+    }
+}
+
+/// Connect to the first address of `target` that accepts within `timeout`.
+pub async fn connect(target: &Target, timeout: Duration) -> Result<TcpStream, String> {
+    if let Some(e) = &target.resolve_error {
+        return Err(e.clone());
+    }
+    let mut last = String::from("no address");
+    for addr in &target.addrs {
+        match monoio::time::timeout(timeout, TcpStream::connect_addr(*addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: connect timed out after {} ms", timeout.as_millis()),
+        }
+    }
+    Err(last)
+}

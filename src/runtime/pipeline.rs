@@ -1,0 +1,960 @@
+//! The request pipeline for one chat request, phase by phase:
+//!
+//! ```text
+//! on_start → classify → pre_request → route → provider call → post_response
+//!          → response classifiers → on_end (log line, always)
+//! ```
+//!
+//! A [`Ctx`] travels through every phase and becomes the log line in
+//! [`Ctx::finish`], which runs for every request — success, router error,
+//! upstream failure, client disconnect.
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use super::Core;
+use super::conn::{ClientConn, Next, Request, finish_error, fmt_u64, write_error, write_length_and_close};
+use super::watch::{self, Wait};
+use crate::classify::TagSet;
+use crate::config::{ProviderFormat, Scheme};
+use crate::error::{ApiFamily, RouterError};
+use crate::http::{self, ChunkedDecoder, ResponseFraming, ResponseHead};
+use crate::json::{self, ChatRequestInfo};
+use crate::route::{self, RouteInput};
+use crate::sse::{ChatStreamStats, SseParser};
+
+/// Plugin ids a request may name (SPEC §5).
+const KNOWN_PLUGINS: [&str; 4] = ["response-healing", "pareto-router", "web", "pdf"];
+/// Largest upstream response body the router buffers (non-streamed replies).
+const MAX_UPSTREAM_BODY: usize = 64 << 20;
+/// Largest upstream response head.
+const MAX_UPSTREAM_HEAD: usize = 64 << 10;
+
+/// Per-request context: everything the log line and the `X-Router-*`
+/// headers report, filled in phase by phase.
+pub struct Ctx {
+    pub id: String,
+    pub ts_ms: u64,
+    pub t0: Instant,
+    pub method: String,
+    pub path: String,
+    pub requested_model: Option<String>,
+    pub sent_model: Option<String>,
+    pub provider: Option<usize>,
+    pub tags: TagSet,
+    pub plugins: Vec<String>,
+    pub system: Option<String>,
+    /// Span of the request's `messages` value in the request body.
+    pub messages: Option<Range<usize>>,
+    pub response: Option<String>,
+    pub error: Option<String>,
+    pub status: u16,
+    pub stream: bool,
+    pub ttft_ms: Option<f64>,
+    pub overhead_us: u64,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub response_tags: Vec<&'static str>,
+    pub attempts: Vec<usize>,
+    core_tags: Vec<String>,
+    provider_names: Vec<String>,
+}
+
+impl Ctx {
+    pub fn new(core: &Core, ts_ms: u64, t0: Instant, method: &str, path: &str) -> Ctx {
+        Ctx {
+            id: core.request_id(ts_ms),
+            ts_ms,
+            t0,
+            method: method.to_string(),
+            path: path.to_string(),
+            requested_model: None,
+            sent_model: None,
+            provider: None,
+            tags: TagSet::default(),
+            plugins: Vec::new(),
+            system: None,
+            messages: None,
+            response: None,
+            error: None,
+            status: 0,
+            stream: false,
+            ttft_ms: None,
+            overhead_us: 0,
+            input_tokens: None,
+            output_tokens: None,
+            response_tags: Vec::new(),
+            attempts: Vec::new(),
+            core_tags: core
+                .snap
+                .classifier
+                .as_ref()
+                .map(|c| c.tag_names().to_vec())
+                .unwrap_or_default(),
+            provider_names: Vec::new(),
+        }
+    }
+
+    fn tag_names(&self) -> impl Iterator<Item = &str> {
+        self.tags.iter().filter_map(|i| self.core_tags.get(i).map(String::as_str))
+    }
+
+    fn set_provider(&mut self, core: &Core, idx: usize) {
+        self.provider = Some(idx);
+        self.attempts.push(idx);
+        self.provider_names = core.snap.config.providers.iter().map(|p| p.name.clone()).collect();
+    }
+
+    fn provider_name(&self) -> Option<&str> {
+        self.provider.and_then(|i| self.provider_names.get(i)).map(String::as_str)
+    }
+
+    /// Record a router-made error.
+    pub fn fail(&mut self, err: &RouterError) {
+        self.status = err.status;
+        self.error = Some(err.message.clone());
+    }
+
+    /// The `X-Router-*` headers known at this point.
+    pub fn write_router_headers(&self, out: &mut Vec<u8>) {
+        let mut first = true;
+        for t in self.tag_names() {
+            if first {
+                out.extend_from_slice(b"x-router-request-tags: ");
+                first = false;
+            } else {
+                out.push(b',');
+            }
+            out.extend_from_slice(t.as_bytes());
+        }
+        if !first {
+            out.extend_from_slice(b"\r\n");
+        }
+        if !self.response_tags.is_empty() {
+            http::write_header(out, b"x-router-response-tags", self.response_tags.join(",").as_bytes());
+        }
+        if let Some(p) = self.provider_name() {
+            http::write_header(out, b"x-router-provider", p.as_bytes());
+        }
+        if let Some(m) = &self.sent_model {
+            http::write_header(out, b"x-router-model", m.as_bytes());
+        }
+        let mut n = [0u8; 20];
+        if let Some(t) = self.input_tokens {
+            http::write_header(out, b"x-router-input-tokens", fmt_u64(t, &mut n));
+        }
+        if let Some(t) = self.output_tokens {
+            http::write_header(out, b"x-router-output-tokens", fmt_u64(t, &mut n));
+        }
+        http::write_header(out, b"x-router-overhead-us", fmt_u64(self.overhead_us, &mut n));
+    }
+
+    /// `on_end`: serialize the log line (SPEC §7) and queue it. Always runs.
+    pub fn finish(&self, core: &Core, body: &[u8]) {
+        let Some(log) = &core.snap.log else { return };
+        let mut line = Vec::with_capacity(512 + self.messages.as_ref().map_or(0, |r| r.len()));
+        let mut w = crate::observe::LineWriter::new(&mut line);
+        w.u64("ts_ms", self.ts_ms);
+        w.str("id", &self.id);
+        w.opt_str("provider", self.provider_name());
+        w.opt_str("requested_model", self.requested_model.as_deref());
+        w.opt_str("sent_model", self.sent_model.as_deref());
+        w.u64("duration_ms", self.t0.elapsed().as_millis() as u64);
+        w.str_array("tags", self.tag_names());
+        w.str_array("plugins", self.plugins.iter().map(String::as_str));
+        w.opt_str("system", self.system.as_deref());
+        match self.messages.as_ref().and_then(|r| body.get(r.clone())) {
+            Some(raw) => w.raw("messages", raw),
+            None => w.null("messages"),
+        }
+        w.opt_str("response", self.response.as_deref());
+        w.opt_str("error", self.error.as_deref());
+        w.null("trace_id");
+        w.u64("status", u64::from(self.status));
+        w.bool("stream", self.stream);
+        match self.ttft_ms {
+            Some(t) => w.f64("ttft_ms", t),
+            None => w.null("ttft_ms"),
+        }
+        w.u64("overhead_us", self.overhead_us);
+        w.opt_u64("input_tokens", self.input_tokens);
+        w.opt_u64("output_tokens", self.output_tokens);
+        w.str_array("response_tags", self.response_tags.iter().copied());
+        w.str_array(
+            "attempts",
+            self.attempts.iter().filter_map(|&i| self.provider_names.get(i)).map(String::as_str),
+        );
+        w.str("method", &self.method);
+        w.str("path", &self.path);
+        w.finish();
+        log.send(line);
+    }
+}
+
+/// Inbound API key check: `Authorization: Bearer`, `x-api-key`, or `?api_key=`,
+/// compared in constant time.
+pub fn authorized(req: &Request<'_>, key: &str) -> bool {
+    let key = key.as_bytes();
+    if let Some(v) = req.header("authorization")
+        && let Some(token) = v.strip_prefix(b"Bearer ")
+        && ct_eq(token, key)
+    {
+        return true;
+    }
+    if let Some(v) = req.header("x-api-key")
+        && ct_eq(v, key)
+    {
+        return true;
+    }
+    if let Some(q) = req.head.query.clone().and_then(|r| req.buf.get(r)) {
+        for pair in q.split(|&b| b == b'&') {
+            if let Some(v) = pair.strip_prefix(b"api_key=")
+                && ct_eq(v, key)
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn micros_since(t: Instant) -> u64 {
+    t.elapsed().as_micros() as u64
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(core: &Core, conn: &mut ClientConn, req: &Request<'_>, mut ctx: Ctx) -> Next {
+    let family = ApiFamily::OpenAi;
+    // on_start + parse: what routing needs, without touching the client's bytes.
+    let info = match json::parse_chat_request(req.body, &mut conn.json_scratch) {
+        Ok(info) => info,
+        Err(e) => return finish_error(core, conn, req, &mut ctx, family, RouterError::bad_request(e.0)).await,
+    };
+    let top = match json::scan_top_level(req.body) {
+        Ok(t) => t,
+        Err(e) => return finish_error(core, conn, req, &mut ctx, family, RouterError::bad_request(e.0)).await,
+    };
+    ctx.requested_model = Some(info.model.clone());
+    ctx.stream = info.stream;
+    ctx.messages = Some(info.messages_json.clone());
+    if !info.system.is_empty() {
+        ctx.system = Some(info.system.clone());
+    }
+    ctx.plugins = info.plugins.iter().map(|p| p.id.clone()).collect();
+    if let Some(bad) = info.plugins.iter().find(|p| !KNOWN_PLUGINS.contains(&p.id.as_str())) {
+        let err = RouterError::bad_request(format!(
+            "unknown plugin '{}' (known: {})",
+            bad.id,
+            KNOWN_PLUGINS.join(", ")
+        ))
+        .with_code("unknown_plugin");
+        return finish_error(core, conn, req, &mut ctx, family, err).await;
+    }
+
+    // classify: one automaton pass over each text span.
+    if let Some(c) = &core.snap.classifier {
+        for text in info.texts() {
+            c.scan(text.as_bytes(), &mut ctx.tags);
+        }
+    }
+
+    // route
+    let snap = &core.snap;
+    let tag_names: Vec<&str> = ctx.tag_names().collect();
+    let input = RouteInput {
+        model: &info.model,
+        tags: &tag_names,
+        needs_vision: info.has_images,
+        needs_tools: info.has_tools,
+    };
+    let decision = {
+        let mut rng = core.rng.borrow_mut();
+        route::resolve(&snap.config.routers, &snap.config.providers, &snap.discovery, &input, &mut rng)
+    };
+    let Some(decision) = decision else {
+        let err = RouterError::no_route(&info.model);
+        return finish_error(core, conn, req, &mut ctx, family, err).await;
+    };
+    let pidx = decision.provider;
+    let rewrite = decision.model.map(str::to_string);
+    drop(tag_names);
+    ctx.set_provider(core, pidx);
+    ctx.sent_model = Some(rewrite.clone().unwrap_or_else(|| info.model.clone()));
+
+    // provider call
+    let provider = &snap.config.providers[pidx];
+    match provider.format {
+        ProviderFormat::Mock => mock(core, conn, req, ctx, &info).await,
+        ProviderFormat::OpenAi | ProviderFormat::Ollama if provider.scheme == Scheme::Http => {
+            conn.up_req.clear();
+            let mut up_req = std::mem::take(&mut conn.up_req);
+            build_upstream_request(core, req, pidx, &top, rewrite.as_deref(), &mut up_req);
+            let next = proxy(core, conn, req, ctx, pidx, up_req, info.include_usage).await;
+            next
+        }
+        ProviderFormat::OpenAi | ProviderFormat::Ollama => {
+            let err = RouterError::unsupported(format!(
+                "provider '{}' uses https://, which this build does not speak yet",
+                provider.name
+            ));
+            finish_error(core, conn, req, &mut ctx, family, err).await
+        }
+        ProviderFormat::Anthropic => {
+            let err = RouterError::unsupported(format!(
+                "provider '{}' speaks the anthropic format; translating chat completions to it is not implemented yet",
+                provider.name
+            ));
+            finish_error(core, conn, req, &mut ctx, family, err).await
+        }
+    }
+}
+
+/// Request headers never forwarded upstream: hop-by-hop ones, framing the
+/// router redoes, and the client's credentials (the provider's key is sent instead).
+fn skip_request_header(name: &[u8]) -> bool {
+    const SKIP: [&[u8]; 8] = [
+        b"host",
+        b"content-length",
+        b"authorization",
+        b"x-api-key",
+        b"accept-encoding",
+        b"expect",
+        b"content-type",
+        b"api-key",
+    ];
+    http::is_hop_by_hop(name) || SKIP.iter().any(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// The upstream request: our own framing, the client's other headers, the
+/// provider's key, and the client's body with only `model` and `plugins` changed.
+fn build_upstream_request(core: &Core, req: &Request<'_>, pidx: usize, top: &json::TopLevel, rewrite: Option<&str>, out: &mut Vec<u8>) {
+    let p = &core.snap.config.providers[pidx];
+    out.extend_from_slice(b"POST ");
+    out.extend_from_slice(p.base_path.as_bytes());
+    if p.format == ProviderFormat::Ollama {
+        // Ollama also serves the OpenAI API under /v1; the native /api/chat
+        // translation arrives with the cross-format work.
+        out.extend_from_slice(b"/v1");
+    }
+    out.extend_from_slice(b"/chat/completions HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(p.host_header.as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: application/json\r\n");
+    if let Some(key) = &p.api_key {
+        out.extend_from_slice(b"authorization: Bearer ");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let conn_values: Vec<&[u8]> = req.head.headers_iter(req.buf).filter(|(n, _)| n.eq_ignore_ascii_case(b"connection")).map(|(_, v)| v).collect();
+    for (name, value) in req.head.headers_iter(req.buf) {
+        if skip_request_header(name) || (!conn_values.is_empty() && http::connection_listed(&conn_values, name)) {
+            continue;
+        }
+        http::write_header(out, name, value);
+    }
+    // copy: the spliced body is built aside, then follows the head so one write sends both.
+    let mut body = Vec::with_capacity(req.body.len() + 64);
+    json::splice_request(req.body, top, rewrite, &mut body);
+    let mut n = [0u8; 20];
+    http::write_header(out, b"content-length", fmt_u64(body.len() as u64, &mut n));
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+}
+
+/// What relaying ended with.
+enum Relay {
+    Complete,
+    ClientGone,
+    UpstreamFailed(String),
+}
+
+/// Same-format call to an OpenAI-compatible provider over plain HTTP.
+async fn proxy(core: &Core, conn: &mut ClientConn, req: &Request<'_>, mut ctx: Ctx, pidx: usize, up_req: Vec<u8>, _include_usage: bool) -> Next {
+    let watch = conn.take_watch();
+    let mut resp = std::mem::take(&mut conn.up_resp);
+    resp.clear();
+    let (next, up_req, resp) = proxy_inner(core, conn, req, &mut ctx, pidx, up_req, resp, watch.as_ref()).await;
+    conn.put_watch(watch);
+    conn.up_req = up_req;
+    conn.up_resp = resp;
+    ctx.finish(core, req.body);
+    next
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn proxy_inner(
+    core: &Core,
+    conn: &mut ClientConn,
+    req: &Request<'_>,
+    ctx: &mut Ctx,
+    pidx: usize,
+    mut up_req: Vec<u8>,
+    mut resp: Vec<u8>,
+    watch: Option<&watch::ClientWatch>,
+) -> (Next, Vec<u8>, Vec<u8>) {
+    let snap = &core.snap;
+    let server = &snap.config.server;
+    let provider = &snap.config.providers[pidx];
+    let target = &snap.targets[pidx];
+    let family = ApiFamily::OpenAi;
+    let timeout = Duration::from_millis(provider.first_byte_timeout_ms.unwrap_or(server.first_byte_timeout_ms));
+    let mut armed = watch::arm(watch);
+
+    macro_rules! fail {
+        ($err:expr) => {{
+            let err = $err;
+            ctx.overhead_us = micros_since(req.t0);
+            write_error(conn, family, &err, req.keep_alive, ctx);
+            let ok = conn.flush().await.is_ok();
+            ctx.fail(&err);
+            let next = if ok && req.keep_alive { Next::KeepAlive } else { Next::Close };
+            return (next, up_req, resp);
+        }};
+    }
+    macro_rules! client_gone {
+        () => {{
+            ctx.status = 499;
+            ctx.error = Some("client_closed: the client disconnected before the response completed".into());
+            return (Next::Close, up_req, resp);
+        }};
+    }
+
+    // Send, with one transparent retry when a pooled connection turns out
+    // dead before any response byte.
+    let mut t_sent;
+    let mut retried = false;
+    let (mut up, head) = 'attempt: loop {
+        let (mut up, reused) = match core.pools.take(pidx) {
+            Some(s) => (s, true),
+            None => match crate::upstream::connect(target, Duration::from_millis(server.connect_timeout_ms)).await {
+                Ok(s) => (s, false),
+                Err(e) => fail!(RouterError::upstream_connect(&provider.name, &target.display, &e)),
+            },
+        };
+        let (r, buf) = up.write_all(up_req).await;
+        up_req = buf;
+        t_sent = Instant::now();
+        if ctx.overhead_us == 0 {
+            ctx.overhead_us = micros_since(req.t0);
+        }
+        if let Err(e) = r {
+            if reused && !retried {
+                retried = true;
+                continue 'attempt;
+            }
+            fail!(RouterError::upstream_connect(&provider.name, &target.display, &e.to_string()));
+        }
+        resp.clear();
+        loop {
+            match armed.read(&mut up, resp, timeout).await {
+                Wait::Done((r, b)) => {
+                    resp = b;
+                    let eof = matches!(r, Ok(0));
+                    if let Err(e) = &r {
+                        if resp.is_empty() && reused && !retried {
+                            retried = true;
+                            continue 'attempt;
+                        }
+                        fail!(RouterError::upstream_bad_response(&provider.name, &format!("read failed: {e}")));
+                    }
+                    if eof {
+                        if resp.is_empty() && reused && !retried {
+                            retried = true;
+                            continue 'attempt;
+                        }
+                        fail!(RouterError::upstream_bad_response(&provider.name, "connection closed before a complete response head"));
+                    }
+                    match http::parse_response_head(&resp, MAX_UPSTREAM_HEAD) {
+                        Ok(Some(h)) if h.status >= 200 => break 'attempt (up, h),
+                        Ok(Some(h)) => {
+                            // 1xx interim response: drop it and keep reading.
+                            resp.drain(..h.head_len);
+                        }
+                        Ok(None) => {}
+                        Err(e) => fail!(RouterError::upstream_bad_response(&provider.name, e.message)),
+                    }
+                }
+                Wait::TimedOut => { resp = Vec::new(); fail!(RouterError::upstream_timeout(&provider.name, &target.display, timeout.as_millis() as u64)) }
+                Wait::ClientGone => { resp = Vec::new(); client_gone!() }
+            }
+        }
+    };
+    let t_head = Instant::now();
+    ctx.ttft_ms = Some(ms(t_head - req.t0));
+    ctx.status = head.status;
+    if !(200..300).contains(&head.status) {
+        ctx.error = Some(format!("provider returned status {}", head.status));
+    }
+
+    let is_sse = header_value(&resp, &head, "content-type").is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
+    if is_sse {
+        let (outcome, reusable) = relay_stream(core, conn, req, ctx, &mut up, &mut resp, &head, &mut armed, timeout, t_sent, t_head).await;
+        match outcome {
+            Relay::Complete => {
+                if reusable {
+                    core.pools.give(pidx, up);
+                }
+                return (Next::KeepAlive, up_req, resp);
+            }
+            Relay::ClientGone => client_gone!(),
+            Relay::UpstreamFailed(msg) => {
+                ctx.error = Some(format!("upstream_truncated: {msg}"));
+                return (Next::Close, up_req, resp);
+            }
+        }
+    }
+
+    // Buffered reply: read it whole (usage and response tags go in the head).
+    let mut body = std::mem::take(&mut conn.up_body);
+    body.clear();
+    let mut reusable = head.keep_alive;
+    let body_range: Range<usize>;
+    let mut in_body_buf = false;
+    match head.framing {
+        ResponseFraming::None => body_range = head.head_len..head.head_len,
+        ResponseFraming::ContentLength(n) => {
+            let n = n as usize;
+            if n > MAX_UPSTREAM_BODY {
+                conn.up_body = body;
+                fail!(RouterError::upstream_bad_response(&provider.name, "response body too large"));
+            }
+            let need = head.head_len + n;
+            while resp.len() < need {
+                match armed.read(&mut up, resp, timeout).await {
+                    Wait::Done((Ok(k), b)) if k > 0 => resp = b,
+                    Wait::Done((_, b)) => {
+                        resp = b;
+                        conn.up_body = body;
+                        fail!(RouterError::upstream_bad_response(&provider.name, "connection closed before the end of the body"));
+                    }
+                    Wait::TimedOut => {
+                        resp = Vec::new();
+                        conn.up_body = body;
+                        fail!(RouterError::upstream_timeout(&provider.name, &target.display, timeout.as_millis() as u64));
+                    }
+                    Wait::ClientGone => {
+                        resp = Vec::new();
+                        conn.up_body = body;
+                        client_gone!();
+                    }
+                }
+            }
+            if resp.len() > need {
+                reusable = false;
+            }
+            body_range = head.head_len..need;
+        }
+        ResponseFraming::Chunked => {
+            let mut dec = ChunkedDecoder::new(16 * 1024);
+            let mut ranges = Vec::new();
+            let mut pos = head.head_len;
+            loop {
+                ranges.clear();
+                match dec.feed(&resp[pos..], &mut ranges) {
+                    Ok((used, done)) => {
+                        for r in &ranges {
+                            // copy: de-chunking makes the reply contiguous for the client's Content-Length.
+                            body.extend_from_slice(&resp[pos + r.start..pos + r.end]);
+                        }
+                        pos += used;
+                        if done {
+                            if pos != resp.len() {
+                                reusable = false;
+                            }
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        conn.up_body = body;
+                        fail!(RouterError::upstream_bad_response(&provider.name, e.0));
+                    }
+                }
+                if body.len() > MAX_UPSTREAM_BODY {
+                    conn.up_body = body;
+                    fail!(RouterError::upstream_bad_response(&provider.name, "response body too large"));
+                }
+                resp.truncate(pos.max(head.head_len));
+                match armed.read(&mut up, resp, timeout).await {
+                    Wait::Done((Ok(k), b)) if k > 0 => resp = b,
+                    Wait::Done((_, b)) => {
+                        resp = b;
+                        conn.up_body = body;
+                        fail!(RouterError::upstream_bad_response(&provider.name, "connection closed before the end of the body"));
+                    }
+                    Wait::TimedOut => {
+                        resp = Vec::new();
+                        conn.up_body = body;
+                        fail!(RouterError::upstream_timeout(&provider.name, &target.display, timeout.as_millis() as u64));
+                    }
+                    Wait::ClientGone => {
+                        resp = Vec::new();
+                        conn.up_body = body;
+                        client_gone!();
+                    }
+                }
+            }
+            in_body_buf = true;
+            body_range = 0..body.len();
+        }
+        ResponseFraming::UntilClose => {
+            reusable = false;
+            loop {
+                match armed.read(&mut up, resp, timeout).await {
+                    Wait::Done((Ok(k), b)) if k > 0 => resp = b,
+                    Wait::Done((_, b)) => {
+                        resp = b;
+                        break;
+                    }
+                    Wait::TimedOut => {
+                        resp = Vec::new();
+                        conn.up_body = body;
+                        fail!(RouterError::upstream_timeout(&provider.name, &target.display, timeout.as_millis() as u64));
+                    }
+                    Wait::ClientGone => {
+                        resp = Vec::new();
+                        conn.up_body = body;
+                        client_gone!();
+                    }
+                }
+                if resp.len() - head.head_len > MAX_UPSTREAM_BODY {
+                    conn.up_body = body;
+                    fail!(RouterError::upstream_bad_response(&provider.name, "response body too large"));
+                }
+            }
+            body_range = head.head_len..resp.len();
+        }
+    }
+    drop(armed);
+    let t_done = Instant::now();
+    if reusable {
+        core.pools.give(pidx, up);
+    } else {
+        drop(up);
+    }
+    {
+        let body_bytes: &[u8] = if in_body_buf { &body[body_range.clone()] } else { &resp[body_range.clone()] };
+        if (200..300).contains(&head.status) {
+            let (input, output, text) = crate::sse::chat_response_stats(body_bytes);
+            ctx.input_tokens = input;
+            ctx.output_tokens = output;
+            post_response(core, ctx, text);
+        } else {
+            ctx.response = Some(String::from_utf8_lossy(&body_bytes[..body_bytes.len().min(4096)]).into_owned());
+        }
+        ctx.overhead_us += micros_since(t_done);
+        write_response_head(conn, &resp, &head, ctx, Some(body_bytes.len()), !req.keep_alive);
+        // copy: head and body leave in one write.
+        conn.out.extend_from_slice(body_bytes);
+    }
+    conn.up_body = body;
+    if conn.flush().await.is_err() {
+        client_gone!();
+    }
+    (if req.keep_alive { Next::KeepAlive } else { Next::Close }, up_req, resp)
+}
+
+/// `post_response` and the response classifiers, on the reply's text.
+fn post_response(core: &Core, ctx: &mut Ctx, text: String) {
+    if let Some(r) = &core.snap.refusal
+        && r.is_match(text.as_bytes())
+    {
+        ctx.response_tags.push("refusal");
+    }
+    ctx.response = Some(text);
+}
+
+fn header_value<'a>(buf: &'a [u8], head: &ResponseHead, name: &str) -> Option<&'a [u8]> {
+    head.headers
+        .iter()
+        .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| &buf[v.clone()])
+}
+
+/// The client's response head: the provider's status and headers (minus
+/// hop-by-hop and framing), the `X-Router-*` headers, and our own framing:
+/// `Content-Length` when `len` is known, else chunked (or close-delimited for HTTP/1.0).
+fn write_response_head(conn: &mut ClientConn, buf: &[u8], head: &ResponseHead, ctx: &Ctx, len: Option<usize>, close: bool) {
+    let out = &mut conn.out;
+    http::write_status_line(out, head.status);
+    let conn_values: Vec<&[u8]> = head
+        .headers
+        .iter()
+        .filter(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(b"connection"))
+        .map(|(_, v)| &buf[v.clone()])
+        .collect();
+    for (n, v) in &head.headers {
+        let name = &buf[n.clone()];
+        if http::is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"content-length")
+            || name.len() > 9 && name[..9].eq_ignore_ascii_case(b"x-router-")
+            || (!conn_values.is_empty() && http::connection_listed(&conn_values, name))
+        {
+            continue;
+        }
+        http::write_header(out, name, &buf[v.clone()]);
+    }
+    ctx.write_router_headers(out);
+    match len {
+        Some(len) => write_length_and_close(out, len, close),
+        None if conn.http10 => {
+            http::write_header(out, b"connection", b"close");
+            out.extend_from_slice(b"\r\n");
+        }
+        None => {
+            http::write_header(out, b"transfer-encoding", b"chunked");
+            if close {
+                http::write_header(out, b"connection", b"close");
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Relay an SSE reply event by event as it arrives, scanning the same bytes
+/// for usage and text. Returns how it ended and whether the upstream
+/// connection may be pooled.
+#[allow(clippy::too_many_arguments)]
+async fn relay_stream(
+    core: &Core,
+    conn: &mut ClientConn,
+    req: &Request<'_>,
+    ctx: &mut Ctx,
+    up: &mut TcpStream,
+    resp: &mut Vec<u8>,
+    head: &ResponseHead,
+    armed: &mut watch::Armed<'_>,
+    timeout: Duration,
+    t_sent: Instant,
+    t_head: Instant,
+) -> (Relay, bool) {
+    let chunked_out = !conn.http10;
+    ctx.overhead_us += micros_since(t_head);
+    let _ = t_sent;
+    write_response_head(conn, resp, head, ctx, None, !req.keep_alive || conn.http10);
+    if conn.flush().await.is_err() {
+        return (Relay::ClientGone, false);
+    }
+    let mut parser = SseParser::new(16 << 20);
+    let mut stats = ChatStreamStats::default();
+    let mut dec = ChunkedDecoder::new(16 * 1024);
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    let mut remaining = match head.framing {
+        ResponseFraming::ContentLength(n) => n,
+        _ => 0,
+    };
+    let mut pos = head.head_len;
+    let mut first = true;
+    let outcome = loop {
+        // Decode what is buffered into payload ranges.
+        ranges.clear();
+        let mut finished = false;
+        match head.framing {
+            ResponseFraming::Chunked => match dec.feed(&resp[pos..], &mut ranges) {
+                Ok((used, done)) => {
+                    for r in ranges.iter_mut() {
+                        *r = pos + r.start..pos + r.end;
+                    }
+                    pos += used;
+                    finished = done;
+                }
+                Err(e) => break Relay::UpstreamFailed(format!("bad chunked framing: {}", e.0)),
+            },
+            ResponseFraming::ContentLength(_) => {
+                let take = (resp.len() - pos).min(remaining as usize);
+                ranges.push(pos..pos + take);
+                pos += take;
+                remaining -= take as u64;
+                finished = remaining == 0;
+            }
+            ResponseFraming::UntilClose => {
+                ranges.push(pos..resp.len());
+                pos = resp.len();
+            }
+            ResponseFraming::None => finished = true,
+        }
+        for r in &ranges {
+            let payload = &resp[r.clone()];
+            if payload.is_empty() {
+                continue;
+            }
+            if first {
+                first = false;
+                ctx.ttft_ms = Some(ms(req.t0.elapsed()));
+            }
+            let _ = parser.feed(payload, |ev| stats.on_event(ev.data));
+            if chunked_out {
+                http::write_chunk(&mut conn.out, payload);
+            } else {
+                conn.out.extend_from_slice(payload);
+            }
+        }
+        if !conn.out.is_empty() && conn.flush().await.is_err() {
+            break Relay::ClientGone;
+        }
+        if finished {
+            break Relay::Complete;
+        }
+        // Keep only undecoded bytes, then read more.
+        resp.drain(..pos);
+        pos = 0;
+        let buf = std::mem::take(resp);
+        match armed.read(up, buf, timeout).await {
+            Wait::Done((Ok(k), b)) if k > 0 => *resp = b,
+            Wait::Done((r, b)) => {
+                *resp = b;
+                if head.framing == ResponseFraming::UntilClose && r.is_ok() {
+                    break Relay::Complete;
+                }
+                break Relay::UpstreamFailed(match r {
+                    Ok(_) => "provider closed the connection mid-stream".to_string(),
+                    Err(e) => format!("read failed mid-stream: {e}"),
+                });
+            }
+            Wait::TimedOut => break Relay::UpstreamFailed(format!("no data for {} ms", timeout.as_millis())),
+            Wait::ClientGone => break Relay::ClientGone,
+        }
+    };
+    ctx.input_tokens = stats.input_tokens;
+    ctx.output_tokens = stats.output_tokens;
+    if let Some(e) = &stats.error {
+        ctx.error = Some(e.clone());
+    }
+    let text = std::mem::take(&mut stats.text);
+    post_response(core, ctx, text);
+    match outcome {
+        Relay::Complete => {
+            if chunked_out {
+                conn.out.extend_from_slice(http::LAST_CHUNK);
+            }
+            if conn.flush().await.is_err() {
+                return (Relay::ClientGone, false);
+            }
+            let reusable = head.keep_alive && head.framing != ResponseFraming::UntilClose && pos == resp.len();
+            (Relay::Complete, reusable)
+        }
+        Relay::UpstreamFailed(msg) => {
+            // End the client's stream in its own format: an error event, never a fake [DONE].
+            let mut event = Vec::new();
+            crate::sse::write_openai_stream_error(&mut event, &format!("upstream stream ended abnormally: {msg}"), "upstream_disconnected");
+            if chunked_out {
+                http::write_chunk(&mut conn.out, &event);
+                conn.out.extend_from_slice(http::LAST_CHUNK);
+            } else {
+                conn.out.extend_from_slice(&event);
+            }
+            let _ = conn.flush().await;
+            (Relay::UpstreamFailed(msg), false)
+        }
+        Relay::ClientGone => (Relay::ClientGone, false),
+    }
+}
+
+/// The built-in mock provider (SPEC §9): deterministic OpenAI-shaped
+/// answers, streamed or not, paced by the provider's `latency_ms` and
+/// `throughput_tokens_per_sec`.
+async fn mock(core: &Core, conn: &mut ClientConn, req: &Request<'_>, mut ctx: Ctx, info: &ChatRequestInfo) -> Next {
+    let p = &core.snap.config.providers[ctx.provider.unwrap_or(0)];
+    let model = ctx.sent_model.clone().unwrap_or_default();
+    let prompt_bytes: usize = info.texts().map(str::len).sum();
+    let input = crate::mock::input_tokens(prompt_bytes);
+    let created = ctx.ts_ms / 1000;
+    let id = format!("chatcmpl-{}", ctx.id);
+    ctx.overhead_us = micros_since(req.t0);
+    if let Some(ms) = p.latency_ms.filter(|m| *m > 0.0) {
+        monoio::time::sleep(Duration::from_micros((ms * 1000.0) as u64)).await;
+    }
+    ctx.ttft_ms = Some(ms(req.t0.elapsed()));
+    ctx.status = 200;
+    ctx.input_tokens = Some(input);
+    ctx.output_tokens = Some(crate::mock::output_tokens());
+    post_response(core, &mut ctx, crate::mock::MOCK_TEXT.to_string());
+    let close = !req.keep_alive;
+    let mut ok = true;
+    if !info.stream {
+        let mut body = Vec::with_capacity(512);
+        crate::mock::chat_completion(&mut body, &id, created, &model, input);
+        http::write_status_line(&mut conn.out, 200);
+        http::write_header(&mut conn.out, b"content-type", b"application/json");
+        ctx.write_router_headers(&mut conn.out);
+        write_length_and_close(&mut conn.out, body.len(), close);
+        conn.out.extend_from_slice(&body);
+        ok &= conn.flush().await.is_ok();
+    } else {
+        // Stream heads carry what is known before the reply: no usage, no response tags.
+        let (i, o, rt) = (ctx.input_tokens.take(), ctx.output_tokens.take(), std::mem::take(&mut ctx.response_tags));
+        let chunked = !conn.http10;
+        http::write_status_line(&mut conn.out, 200);
+        http::write_header(&mut conn.out, b"content-type", b"text/event-stream");
+        http::write_header(&mut conn.out, b"cache-control", b"no-cache");
+        ctx.write_router_headers(&mut conn.out);
+        if chunked {
+            http::write_header(&mut conn.out, b"transfer-encoding", b"chunked");
+            if close {
+                http::write_header(&mut conn.out, b"connection", b"close");
+            }
+        } else {
+            http::write_header(&mut conn.out, b"connection", b"close");
+        }
+        conn.out.extend_from_slice(b"\r\n");
+        (ctx.input_tokens, ctx.output_tokens, ctx.response_tags) = (i, o, rt);
+        let gap = p
+            .throughput_tokens_per_sec
+            .filter(|t| *t > 0.0)
+            .map(|t| Duration::from_secs_f64(1.0 / t));
+        let mut event = Vec::with_capacity(256);
+        let emit = |conn: &mut ClientConn, event: &mut Vec<u8>| {
+            if chunked {
+                http::write_chunk(&mut conn.out, event);
+            } else {
+                conn.out.extend_from_slice(event);
+            }
+            event.clear();
+        };
+        crate::mock::chat_chunk(&mut event, &id, created, &model, "{\"role\":\"assistant\",\"content\":\"\"}", None);
+        emit(conn, &mut event);
+        for token in crate::mock::tokens() {
+            if let Some(g) = gap {
+                if conn.flush().await.is_err() {
+                    ok = false;
+                    break;
+                }
+                monoio::time::sleep(g).await;
+            }
+            crate::mock::chat_chunk(&mut event, &id, created, &model, &crate::mock::content_delta(token), None);
+            emit(conn, &mut event);
+        }
+        if ok {
+            crate::mock::chat_chunk(&mut event, &id, created, &model, "{}", Some("stop"));
+            emit(conn, &mut event);
+            if info.include_usage {
+                crate::mock::usage_chunk(&mut event, &id, created, &model, input);
+                emit(conn, &mut event);
+            }
+            event.extend_from_slice(crate::mock::DONE);
+            emit(conn, &mut event);
+            if chunked {
+                conn.out.extend_from_slice(http::LAST_CHUNK);
+            }
+            ok &= conn.flush().await.is_ok();
+        }
+    }
+    if !ok {
+        ctx.status = 499;
+        ctx.error = Some("client_closed: the client disconnected before the response completed".into());
+    }
+    ctx.finish(core, req.body);
+    if ok && !close && !conn.http10 { Next::KeepAlive } else { Next::Close }
+}

@@ -1,0 +1,308 @@
+//! The OpenAI chat-completions stream (`research/wire-protocols.md` §1.1):
+//! what the router reads from it while relaying, and the error event it
+//! writes when an upstream dies mid-stream.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::json::write_json_string;
+
+/// What the router learns from an OpenAI chat stream while relaying it unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatStreamStats {
+    /// `usage.prompt_tokens` of the last chunk that had it (the `include_usage`
+    /// chunk; some backends repeat a running total on every chunk).
+    pub input_tokens: Option<u64>,
+    /// `usage.completion_tokens`, likewise.
+    pub output_tokens: Option<u64>,
+    /// Every `choices[].delta.content`, concatenated (`reasoning_content` is not text).
+    pub text: String,
+    /// The last non-null `finish_reason`.
+    pub finish_reason: Option<String>,
+    /// The `[DONE]` sentinel arrived: the stream finished cleanly.
+    pub saw_done: bool,
+    /// The message of a payload with a top-level `error` (SDKs raise on it).
+    pub error: Option<String>,
+    /// Events seen, malformed ones included.
+    pub events: u64,
+}
+
+impl ChatStreamStats {
+    /// Fold one event's data in. Malformed JSON is counted and otherwise ignored:
+    /// the bytes were relayed anyway, and stats are best-effort.
+    pub fn on_event(&mut self, data: &[u8]) {
+        self.events += 1;
+        if data.trim_ascii_start().starts_with(b"[DONE]") {
+            self.saw_done = true;
+            return;
+        }
+        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
+            return;
+        };
+        if let Some(choices) = chunk.choices {
+            self.text.push_str(&choices.content);
+            if let Some(reason) = choices.finish_reason {
+                self.finish_reason = Some(reason.into_owned());
+            }
+        }
+        if let Some(usage) = chunk.usage {
+            self.input_tokens = usage.prompt_tokens.or(self.input_tokens);
+            self.output_tokens = usage.completion_tokens.or(self.output_tokens);
+        }
+        if let Some(error) = chunk.error {
+            self.error = Some(error_message(error));
+        }
+    }
+}
+
+/// A non-streamed chat completion's `(prompt_tokens, completion_tokens, text)`,
+/// the text being every choice's `message.content`, concatenated. A body that
+/// is not a chat completion gives `(None, None, "")`.
+pub fn chat_response_stats(body: &[u8]) -> (Option<u64>, Option<u64>, String) {
+    match serde_json::from_slice::<Chunk<'_>>(body) {
+        Ok(reply) => {
+            let usage = reply.usage.unwrap_or_default();
+            let text = reply.choices.map(|c| c.content.into_owned()).unwrap_or_default();
+            (usage.prompt_tokens, usage.completion_tokens, text)
+        }
+        Err(_) => (None, None, String::new()),
+    }
+}
+
+/// Write the event that ends a client's stream when the upstream fails
+/// mid-way: `data: {"error":{"message":…,"type":"upstream_error","code":…}}`
+/// and a blank line. The OpenAI SDKs raise an `APIError` on it.
+pub fn write_openai_stream_error(out: &mut Vec<u8>, message: &str, code: &str) {
+    out.extend_from_slice(b"data: {\"error\":{\"message\":");
+    write_json_string(out, message);
+    out.extend_from_slice(b",\"type\":\"upstream_error\",\"code\":");
+    write_json_string(out, code);
+    out.extend_from_slice(b"}}\n\n");
+}
+
+/// The parts of a chunk (or of a whole completion) the stats read; serde skips
+/// everything else without allocating, and strings without escapes are borrowed.
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Choices<'a>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    /// Rare, and of any shape (object, string): kept as a value.
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+/// The `choices` array folded while it is read, so a chunk costs no `Vec`.
+#[derive(Default)]
+struct Choices<'a> {
+    content: Cow<'a, str>,
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    /// Streamed chunks.
+    #[serde(borrow, default)]
+    delta: Option<Message<'a>>,
+    /// Whole completions.
+    #[serde(borrow, default)]
+    message: Option<Message<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fold<'a>(PhantomData<Choices<'a>>);
+        impl<'de: 'a, 'a> Visitor<'de> for Fold<'a> {
+            type Value = Choices<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of choices")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices<'a>, A::Error> {
+                let mut folded = Choices::default();
+                while let Some(choice) = seq.next_element::<Choice<'a>>()? {
+                    let text = choice.delta.or(choice.message).and_then(|m| m.content);
+                    match (text, &mut folded.content) {
+                        (Some(t), Cow::Borrowed("")) => folded.content = t,
+                        (Some(t), acc) => acc.to_mut().push_str(&t),
+                        (None, _) => {}
+                    }
+                    if choice.finish_reason.is_some() {
+                        folded.finish_reason = choice.finish_reason;
+                    }
+                }
+                Ok(folded)
+            }
+        }
+        deserializer.deserialize_seq(Fold(PhantomData))
+    }
+}
+
+fn error_message(error: serde_json::Value) -> String {
+    match error {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Object(mut o) => match o.remove("message") {
+            Some(serde_json::Value::String(s)) => s,
+            _ => serde_json::Value::Object(o).to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::SseParser;
+
+    /// A real-shaped stream: role chunk, content with escapes, reasoning,
+    /// a tool-call fragment, finish chunk, the `include_usage` chunk, `[DONE]`.
+    const STREAM: &str = concat!(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"thinking...\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello, \\\"w\\u00f6rld\\\"\\n\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+        ": keep-alive\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"I can't help with that 🦀\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{}\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":34,\"total_tokens\":46,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    fn run(pieces: &[&[u8]]) -> ChatStreamStats {
+        let mut parser = SseParser::new(1 << 20);
+        let mut stats = ChatStreamStats::default();
+        for piece in pieces {
+            parser.feed(piece, |e| stats.on_event(e.data)).unwrap();
+        }
+        stats
+    }
+
+    fn stats_of(events: &[&str]) -> ChatStreamStats {
+        let mut stats = ChatStreamStats::default();
+        for e in events {
+            stats.on_event(e.as_bytes());
+        }
+        stats
+    }
+
+    #[test]
+    fn a_full_stream_at_every_split_point() {
+        let want = ChatStreamStats {
+            input_tokens: Some(12),
+            output_tokens: Some(34),
+            text: "Hello, \"wörld\"\nI can't help with that 🦀".into(),
+            finish_reason: Some("stop".into()),
+            saw_done: true,
+            error: None,
+            events: 8,
+        };
+        assert_eq!(run(&[STREAM.as_bytes()]), want);
+        let bytes = STREAM.as_bytes();
+        for i in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(i);
+            assert_eq!(run(&[a, b]), want, "split at {i}");
+        }
+        let pieces: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(run(&pieces), want);
+    }
+
+    #[test]
+    fn lenient_about_missing_and_null_fields() {
+        // vLLM: `choices: null` or no `choices` on the usage chunk.
+        let s = stats_of(&[
+            r#"{"choices":[{"delta":{"content":"a"}}]}"#,
+            r#"{"choices":null,"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+            r#"{"usage":null}"#,
+            r#"{"choices":[{"delta":null,"finish_reason":"length"}],"usage":{"completion_tokens":3}}"#,
+            r#"{"choices":[{"delta":{"content":null}},{"delta":{"content":"b"}}]}"#,
+            "[DONE]",
+        ]);
+        assert_eq!(s.text, "ab");
+        assert_eq!((s.input_tokens, s.output_tokens), (Some(1), Some(3)));
+        assert_eq!(s.finish_reason.as_deref(), Some("length"));
+        assert!(s.saw_done);
+        assert_eq!(s.events, 6);
+    }
+
+    #[test]
+    fn malformed_events_are_counted_and_ignored() {
+        let s = stats_of(&[
+            r#"{"choices":[{"delta":{"content":"a"}}]}"#,
+            r#"{bad json"#,
+            "",
+            r#"{"choices":{"not":"an array"}}"#,
+            r#"{"choices":[{"delta":{"content":7}}]}"#,
+            r#"{"choices":[{"delta":{"content":"b"}}]}"#,
+        ]);
+        assert_eq!(s.text, "ab");
+        assert_eq!(s.events, 6);
+        assert!(!s.saw_done && s.error.is_none());
+    }
+
+    #[test]
+    fn error_payloads() {
+        let s = stats_of(&[r#"{"error":{"message":"Rate limit","type":"rate_limit_error","code":"429"}}"#]);
+        assert_eq!(s.error.as_deref(), Some("Rate limit"));
+        let s = stats_of(&[r#"{"error":"model crashed"}"#]);
+        assert_eq!(s.error.as_deref(), Some("model crashed"));
+        let s = stats_of(&[r#"{"error":{"code":500}}"#]);
+        assert_eq!(s.error.as_deref(), Some(r#"{"code":500}"#));
+        let s = stats_of(&[r#"{"error":null,"choices":[]}"#]);
+        assert_eq!(s.error, None);
+    }
+
+    #[test]
+    fn non_streamed_completion() {
+        let body = br#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \"there\"","refusal":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+        assert_eq!(chat_response_stats(body), (Some(5), Some(7), "Hi \"there\"".to_string()));
+        let tool_call = br#"{"choices":[{"message":{"content":null,"tool_calls":[]}}],"usage":{"prompt_tokens":5}}"#;
+        assert_eq!(chat_response_stats(tool_call), (Some(5), None, String::new()));
+        assert_eq!(chat_response_stats(b"not json"), (None, None, String::new()));
+        assert_eq!(chat_response_stats(b"[]"), (None, None, String::new()));
+    }
+
+    #[test]
+    fn the_error_event_parses_as_an_openai_error() {
+        let mut out = Vec::new();
+        write_openai_stream_error(&mut out, "upstream closed the connection\n\"mid-stream\"", "upstream_disconnected");
+        assert!(out.starts_with(b"data: {") && out.ends_with(b"}}\n\n"));
+        let mut parser = SseParser::new(1024);
+        let mut events = Vec::new();
+        parser.feed(&out, |e| events.push(e.data.to_vec())).unwrap();
+        assert_eq!(events.len(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&events[0]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {
+                "message": "upstream closed the connection\n\"mid-stream\"",
+                "type": "upstream_error",
+                "code": "upstream_disconnected"
+            }})
+        );
+        let mut stats = ChatStreamStats::default();
+        stats.on_event(&events[0]);
+        assert_eq!(stats.error.as_deref(), Some("upstream closed the connection\n\"mid-stream\""));
+    }
+}
