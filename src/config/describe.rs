@@ -61,8 +61,18 @@ pub fn describe(cfg: &Config) -> String {
     }
 
     let _ = writeln!(out, "\nproviders:");
-    let name_w = cfg.providers.iter().map(|p| p.name.len()).max().unwrap_or(0);
-    let url_w = cfg.providers.iter().map(|p| shown_url(p).len()).max().unwrap_or(0);
+    let name_w = cfg
+        .providers
+        .iter()
+        .map(|p| p.name.len())
+        .max()
+        .unwrap_or(0);
+    let url_w = cfg
+        .providers
+        .iter()
+        .map(|p| shown_url(p).len())
+        .max()
+        .unwrap_or(0);
     for p in &cfg.providers {
         let mut state = match &p.skipped {
             None => "active".to_owned(),
@@ -220,10 +230,7 @@ fn rule_text(cfg: &Config, rule: &Rule) -> String {
             providers,
             max_latency_ms,
         } => {
-            let mut t = format!(
-                "latency: lowest latency_ms of {}",
-                among(cfg, providers)
-            );
+            let mut t = format!("latency: lowest latency_ms of {}", among(cfg, providers));
             if let Some(max) = max_latency_ms {
                 let _ = write!(t, ", at most {max} ms");
             }
@@ -233,10 +240,7 @@ fn rule_text(cfg: &Config, rule: &Rule) -> String {
             providers,
             min_tokens_per_sec,
         } => {
-            let mut t = format!(
-                "throughput: highest tokens/s of {}",
-                among(cfg, providers)
-            );
+            let mut t = format!("throughput: highest tokens/s of {}", among(cfg, providers));
             if let Some(min) = min_tokens_per_sec {
                 let _ = write!(t, ", at least {min} tokens/s");
             }

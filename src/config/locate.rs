@@ -239,7 +239,8 @@ impl<'i> Doc<'i> {
                     ("type", "type")
                 };
                 let mut name = format!("[[{k}]] #{}", i + 1);
-                if let Some(v) = self.get_str(&[Seg::Key(k.clone()), Seg::Index(*i), field.into()]) {
+                if let Some(v) = self.get_str(&[Seg::Key(k.clone()), Seg::Index(*i), field.into()])
+                {
                     name.push_str(&format!(" ({what} {v:?})"));
                 }
                 let mut rest = rest.iter().peekable();
@@ -311,7 +312,9 @@ impl<'i> Doc<'i> {
             }
             let here = doc_path!["routers", i];
             let DeValue::Table(t) = rule.get_ref() else {
-                return Some(self.err(&here, format!("{} must be a table", self.table_name(&here))));
+                return Some(
+                    self.err(&here, format!("{} must be a table", self.table_name(&here))),
+                );
             };
             let ty_path = doc_path!["routers", i, "type"];
             let ty = match t.get("type").map(|v| v.get_ref()) {
@@ -393,13 +396,19 @@ impl<'i> Doc<'i> {
                 .and_then(|t| t.get_key_value(key.as_str()))
                 .map(|(k, _)| k.span().start)
                 .or_else(|| self.get(&table).map(|v| v.span().start));
-            let what = match self.get(&key_path).map(|v| v.get_ref()) {
-                Some(DeValue::Table(_)) => format!("unknown table {}", self.table_name(&key_path)),
-                Some(DeValue::Array(a))
-                    if !a.is_empty() && a.iter().all(|v| v.get_ref().is_table()) =>
+            // A key written as a `[header]` reads better as a table.
+            let header = |v: &Spanned<DeValue<'_>>, open: &str| {
+                self.text
+                    .get(v.span().start..)
+                    .is_some_and(|t| t.starts_with(open))
+            };
+            let what = match self.get(&key_path) {
+                Some(v) if v.get_ref().is_table() && header(v, "[") => {
+                    format!("unknown table {}", self.table_name(&key_path))
+                }
+                Some(v) if matches!(v.get_ref(), DeValue::Array(a) if a.first().is_some_and(|t| header(t, "[["))) =>
                 {
-                    let name = self.table_name(&key_path);
-                    format!("unknown table [{name}]")
+                    format!("unknown table [{}]", self.table_name(&key_path))
                 }
                 _ => format!("unknown key `{key}` {}", self.in_table(&table)),
             };

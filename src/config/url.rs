@@ -70,7 +70,9 @@ pub(crate) fn parse_base_url(s: &str) -> Result<BaseUrl, String> {
     } else {
         match authority.split_once(':') {
             Some((_, p)) if p.contains(':') => {
-                return Err("has an IPv6 address without brackets (write http://[::1]:8080)".to_owned());
+                return Err(
+                    "has an IPv6 address without brackets (write http://[::1]:8080)".to_owned(),
+                );
             }
             Some((h, p)) => (h, Some(p), false),
             None => (authority, None, false),

@@ -91,12 +91,19 @@ fn server(
     }
     let api_key = match &s.api_key_env {
         None => None,
-        Some(var) => Some(required_env(doc, &at("api_key_env"), "[server]", var, env, |var, state| {
-            format!(
-                "[server]: environment variable {var} (api_key_env) is {state}; \
+        Some(var) => Some(required_env(
+            doc,
+            &at("api_key_env"),
+            "[server]",
+            var,
+            env,
+            |var, state| {
+                format!(
+                    "[server]: environment variable {var} (api_key_env) is {state}; \
                  the router refuses to start without its API key"
-            )
-        })?),
+                )
+            },
+        )?),
     };
     let at_least_one = |key: &str, v: u64| {
         if v == 0 {
@@ -152,7 +159,10 @@ fn required_env(
     message: impl Fn(&str, &str) -> String,
 ) -> Result<String, ConfigError> {
     if var.trim().is_empty() {
-        return Err(doc.err(at, format!("{table}: `api_key_env` must name an environment variable")));
+        return Err(doc.err(
+            at,
+            format!("{table}: `api_key_env` must name an environment variable"),
+        ));
     }
     match env(var) {
         None => Err(doc.err(at, message(var, "not set"))),
@@ -164,7 +174,10 @@ fn required_env(
 fn logging(doc: &Doc<'_>, l: raw::RawLogging) -> Result<LoggingConfig, ConfigError> {
     let path = l.path.unwrap_or_else(|| DEFAULT_LOG_PATH.to_owned());
     if path.trim().is_empty() {
-        return Err(doc.err(&doc_path!["logging", "path"], "[logging]: `path` must not be empty"));
+        return Err(doc.err(
+            &doc_path!["logging", "path"],
+            "[logging]: `path` must not be empty",
+        ));
     }
     Ok(LoggingConfig {
         enabled: l.enabled.unwrap_or(false),
@@ -269,7 +282,12 @@ fn provider(
         "anthropic" => ProviderFormat::Anthropic,
         "ollama" => ProviderFormat::Ollama,
         "mock" => ProviderFormat::Mock,
-        other => return Err(fail("format", format!("unknown format {other:?}, expected one of: {FORMATS}"))),
+        other => {
+            return Err(fail(
+                "format",
+                format!("unknown format {other:?}, expected one of: {FORMATS}"),
+            ));
+        }
     };
 
     // The mock answers inside the router: it has no address to parse.
@@ -288,13 +306,27 @@ fn provider(
             }
         }
         let mock = String::from("mock");
-        ("mock://".to_owned(), Scheme::Http, mock.clone(), 0, String::new(), mock)
+        (
+            "mock://".to_owned(),
+            Scheme::Http,
+            mock.clone(),
+            0,
+            String::new(),
+            mock,
+        )
     } else {
         let Some(url) = p.base_url.as_deref() else {
             return Err(doc.err(&here, format!("missing key `base_url` in {table}")));
         };
         match parse_base_url(url) {
-            Ok(u) => (u.normalized, u.scheme, u.host, u.port, u.path, u.host_header),
+            Ok(u) => (
+                u.normalized,
+                u.scheme,
+                u.host,
+                u.port,
+                u.path,
+                u.host_header,
+            ),
             Err(why) => return Err(fail("base_url", format!("invalid base_url {url:?}: {why}"))),
         }
     };
@@ -305,22 +337,32 @@ fn provider(
         }
         _ => Ok(v),
     };
-    let cost_per_1m_tokens = non_negative("cost_per_1m_tokens", p.cost_per_1m_tokens)?.unwrap_or(0.0);
+    let cost_per_1m_tokens =
+        non_negative("cost_per_1m_tokens", p.cost_per_1m_tokens)?.unwrap_or(0.0);
     let latency_ms = non_negative("latency_ms", p.latency_ms)?;
     let throughput_tokens_per_sec =
         non_negative("throughput_tokens_per_sec", p.throughput_tokens_per_sec)?;
     let quality = p.quality.unwrap_or(0.0);
     if !quality.is_finite() {
-        return Err(fail("quality", format!("`quality` must be a finite number, got {quality}")));
+        return Err(fail(
+            "quality",
+            format!("`quality` must be a finite number, got {quality}"),
+        ));
     }
     if p.first_byte_timeout_ms == Some(0) {
-        return Err(fail("first_byte_timeout_ms", "`first_byte_timeout_ms` must be at least 1".to_owned()));
+        return Err(fail(
+            "first_byte_timeout_ms",
+            "`first_byte_timeout_ms` must be at least 1".to_owned(),
+        ));
     }
 
     let (api_key, skipped) = match &p.api_key_env {
         None => (None, None),
         Some(var) if var.trim().is_empty() => {
-            return Err(fail("api_key_env", "`api_key_env` must name an environment variable".to_owned()));
+            return Err(fail(
+                "api_key_env",
+                "`api_key_env` must name an environment variable".to_owned(),
+            ));
         }
         Some(var) => match env(var) {
             None => (None, Some(format!("environment variable {var} is not set"))),
@@ -355,7 +397,13 @@ fn provider(
 struct Names<'a>(&'a [Provider]);
 
 impl Names<'_> {
-    fn index(&self, doc: &Doc<'_>, table: &[Seg], at: &[Seg], name: &str) -> Result<usize, ConfigError> {
+    fn index(
+        &self,
+        doc: &Doc<'_>,
+        table: &[Seg],
+        at: &[Seg],
+        name: &str,
+    ) -> Result<usize, ConfigError> {
         self.0.iter().position(|p| p.name == name).ok_or_else(|| {
             let defined: Vec<&str> = self.0.iter().map(|p| p.name.as_str()).collect();
             doc.err(
@@ -422,7 +470,10 @@ fn rule(
     };
     let one = |name: &str| names.index(doc, &here, &at("provider"), name);
     let finite = |key: &str, v: Option<f64>| match v {
-        Some(x) if !x.is_finite() => Err(doc.err(&at(key), format!("{table}: `{key}` must be a finite number"))),
+        Some(x) if !x.is_finite() => Err(doc.err(
+            &at(key),
+            format!("{table}: `{key}` must be a finite number"),
+        )),
         _ => Ok(v),
     };
 
@@ -525,11 +576,16 @@ fn classifiers(
     let mut tags = Vec::with_capacity(raw_tags.len());
     // File order, so a request's tags come out in the order the user wrote them.
     for tag in doc.keys_in_file_order(&tags_path) {
-        let Some(words) = raw_tags.remove(&tag) else { continue };
+        let Some(words) = raw_tags.remove(&tag) else {
+            continue;
+        };
         let mut at = tags_path.to_vec();
         at.push(tag.as_str().into());
         if tag.is_empty() {
-            return Err(doc.err(&at, "[classifiers.keyword.tags]: a tag name must not be empty"));
+            return Err(doc.err(
+                &at,
+                "[classifiers.keyword.tags]: a tag name must not be empty",
+            ));
         }
         if words.iter().any(String::is_empty) {
             return Err(doc.err(
@@ -541,7 +597,10 @@ fn classifiers(
             ));
         }
         // The classifier matches lowercased text, so keywords are lowercased too.
-        tags.push((tag, words.iter().map(|w| w.to_lowercase()).collect::<Vec<_>>()));
+        tags.push((
+            tag,
+            words.iter().map(|w| w.to_lowercase()).collect::<Vec<_>>(),
+        ));
     }
     if k.enabled && tags.is_empty() {
         warnings.push("[classifiers.keyword] is enabled but defines no tags".to_owned());
@@ -592,7 +651,11 @@ fn response_classifiers(
     }])
 }
 
-fn plugins(doc: &Doc<'_>, p: raw::RawPlugins, names: &Names<'_>) -> Result<Vec<PluginConfig>, ConfigError> {
+fn plugins(
+    doc: &Doc<'_>,
+    p: raw::RawPlugins,
+    names: &Names<'_>,
+) -> Result<Vec<PluginConfig>, ConfigError> {
     let mut by_id: BTreeMap<&str, RawPlugin> = BTreeMap::new();
     for (id, plugin) in [
         ("response-healing", p.response_healing),

@@ -1,9 +1,11 @@
 //! The root object's members as byte spans, and the byte splice that forwards a
 //! body with a new `model` and without `plugins`.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
-use super::{JsonError, MAX_DEPTH, find_byte2, write_json_string};
+use super::scan::{for_each_member, key_text};
+use super::{JsonError, write_json_string};
 
 /// One member of the root object, as spans of the body it was scanned from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,66 +56,34 @@ impl TopLevel {
 /// closing quote. String contents, UTF-8 and numbers are not validated: that is
 /// [`parse_chat_request`](super::parse_chat_request)'s job.
 pub fn scan_top_level(body: &[u8]) -> Result<TopLevel, JsonError> {
-    let mut s = Scanner { b: body, i: 0 };
-    let mut top = TopLevel::default();
-    s.skip_ws();
-    match s.peek() {
-        Some(b'{') => s.i += 1,
+    let start = body.iter().position(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t'));
+    match start.map(|i| (i, body[i])) {
+        Some((_, b'{')) => {}
         None => return Err(JsonError::invalid("the body is empty")),
         Some(_) => return Err(JsonError("request body must be a JSON object".into())),
     }
-    s.skip_ws();
-    if s.peek() == Some(b'}') {
-        s.i += 1;
-    } else {
-        loop {
-            s.skip_ws();
-            let key_start = s.i;
-            if s.peek() != Some(b'"') {
-                return Err(s.error("expected an object key"));
-            }
-            let (key_end, escaped) = s.string()?;
-            let key = key_start + 1..key_end;
-            let name_start = top.names.len();
-            let raw = body.get(key.clone()).unwrap_or_default();
-            if escaped {
-                let quoted = body.get(key_start..key_end + 1).unwrap_or_default();
-                let unescaped: String = serde_json::from_slice(quoted)
-                    .map_err(|e| JsonError::invalid(format_args!("object key: {e}")))?;
-                top.names.extend_from_slice(unescaped.as_bytes());
-            } else {
-                top.names.extend_from_slice(raw);
-            }
-            let name = name_start..top.names.len();
-            s.skip_ws();
-            if s.peek() != Some(b':') {
-                return Err(s.error("expected ':' after an object key"));
-            }
-            s.i += 1;
-            s.skip_ws();
-            let value_start = s.i;
-            s.value()?;
-            let value = value_start..s.i;
-            top.members.push(Member {
-                key,
-                member: key_start..s.i,
-                value,
-                name,
-            });
-            s.skip_ws();
-            match s.peek() {
-                Some(b',') => s.i += 1,
-                Some(b'}') => {
-                    s.i += 1;
-                    break;
-                }
-                _ => return Err(s.error("expected ',' or '}' after an object member")),
-            }
+    let mut top = TopLevel::default();
+    let end = for_each_member(body, start.unwrap_or_default(), |m| {
+        let name_start = top.names.len();
+        match key_text(body, &m) {
+            Some(Cow::Borrowed(k)) => top.names.extend_from_slice(k.as_bytes()),
+            Some(Cow::Owned(k)) => top.names.extend_from_slice(k.as_bytes()),
+            None => return Err(JsonError::invalid(format_args!("invalid object key at byte {}", m.key.start - 1))),
         }
-    }
-    s.skip_ws();
-    if s.i != body.len() {
-        return Err(s.error("unexpected characters after the JSON object"));
+        top.members.push(Member {
+            member: m.key.start - 1..m.value.end,
+            key: m.key,
+            value: m.value,
+            name: name_start..top.names.len(),
+        });
+        Ok(())
+    })?;
+    let trailing = body.get(end..).unwrap_or_default();
+    if let Some(off) = trailing.iter().position(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t')) {
+        return Err(JsonError::invalid(format_args!(
+            "unexpected characters after the JSON object at byte {}",
+            end + off
+        )));
     }
     Ok(top)
 }
@@ -185,140 +155,6 @@ pub(super) fn from_structurals<'k>(
     match keys.next() {
         None => Some(top),
         Some(_) => None,
-    }
-}
-
-struct Scanner<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl Scanner<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
-            self.i += 1;
-        }
-    }
-
-    fn error(&self, what: &str) -> JsonError {
-        if self.i >= self.b.len() {
-            JsonError::invalid(format_args!("{what}, found the end of the body"))
-        } else {
-            JsonError::invalid(format_args!("{what} at byte {}", self.i))
-        }
-    }
-
-    /// `self.i` is at an opening quote. Returns the index of the closing quote
-    /// (and whether the string holds escapes); `self.i` moves past it.
-    fn string(&mut self) -> Result<(usize, bool), JsonError> {
-        let start = self.i;
-        let mut j = self.i + 1;
-        let mut escaped = false;
-        loop {
-            let rest = self.b.get(j..).unwrap_or_default();
-            match find_byte2(rest, b'"', b'\\') {
-                Some(off) if rest[off] == b'"' => {
-                    self.i = j + off + 1;
-                    return Ok((j + off, escaped));
-                }
-                // A backslash: whatever follows it cannot end the string.
-                Some(off) => {
-                    escaped = true;
-                    j += off + 2;
-                }
-                None => {
-                    self.i = start;
-                    return Err(JsonError::invalid(format_args!(
-                        "unterminated string starting at byte {start}"
-                    )));
-                }
-            }
-        }
-    }
-
-    /// Skip one value of the root object (`self.i` at its first byte).
-    fn value(&mut self) -> Result<(), JsonError> {
-        match self.peek() {
-            Some(b'"') => self.string().map(drop),
-            Some(b'{' | b'[') => self.nested(),
-            Some(b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => self.scalar(),
-            _ => Err(self.error("expected a value")),
-        }
-    }
-
-    /// A number or `true`/`false`/`null`: its bytes up to the next delimiter.
-    fn scalar(&mut self) -> Result<(), JsonError> {
-        let start = self.i;
-        while let Some(c) = self.peek() {
-            if !(c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.')) {
-                break;
-            }
-            self.i += 1;
-        }
-        let token = self.b.get(start..self.i).unwrap_or_default();
-        let ok = match token.first() {
-            Some(b'-' | b'0'..=b'9') => token
-                .iter()
-                .all(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')),
-            _ => matches!(token, b"true" | b"false" | b"null"),
-        };
-        if ok {
-            Ok(())
-        } else {
-            self.i = start;
-            Err(self.error("invalid literal"))
-        }
-    }
-
-    /// Skip a nested object or array without recursion: a depth counter and a
-    /// bit per level (set = array) to check that closers match openers.
-    fn nested(&mut self) -> Result<(), JsonError> {
-        // The root object is level 1; `kinds` bit k describes level k + 2.
-        let mut depth = 1usize;
-        let mut kinds: u128 = 0;
-        loop {
-            let Some(c) = self.peek() else {
-                return Err(self.error("unclosed object or array"));
-            };
-            match c {
-                b'"' => {
-                    self.string()?;
-                    continue;
-                }
-                b'{' | b'[' => {
-                    if depth >= MAX_DEPTH {
-                        return Err(JsonError::invalid(format_args!(
-                            "nesting deeper than {MAX_DEPTH} levels at byte {}",
-                            self.i
-                        )));
-                    }
-                    let bit = 1u128 << (depth - 1);
-                    if c == b'[' {
-                        kinds |= bit;
-                    } else {
-                        kinds &= !bit;
-                    }
-                    depth += 1;
-                }
-                b'}' | b']' => {
-                    depth -= 1;
-                    let is_array = kinds & (1u128 << (depth - 1)) != 0;
-                    if is_array != (c == b']') {
-                        return Err(self.error("mismatched closing bracket"));
-                    }
-                    if depth == 1 {
-                        self.i += 1;
-                        return Ok(());
-                    }
-                }
-                _ => {}
-            }
-            self.i += 1;
-        }
     }
 }
 
