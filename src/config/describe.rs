@@ -8,7 +8,7 @@ use super::{Config, Provider, ProviderFormat};
 use crate::route::Rule;
 
 /// Renders `cfg` for `opensourcellmrouter check`. The last line is
-/// `config OK (<source>)`.
+/// `config OK (<source>)`, newline-terminated.
 pub fn describe(cfg: &Config) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail; the results are ignored on purpose.
@@ -150,7 +150,7 @@ pub fn describe(cfg: &Config) -> String {
             let _ = writeln!(out, "  - {w}");
         }
     }
-    let _ = write!(out, "\nconfig OK ({})", cfg.source);
+    let _ = writeln!(out, "\nconfig OK ({})", cfg.source);
     out
 }
 

@@ -252,7 +252,8 @@ pub struct Config {
     /// The rule chain, top to bottom.
     pub routers: Vec<Rule>,
     pub plugins: Vec<PluginConfig>,
-    /// Things worth a startup warning that do not stop the router (skipped
-    /// providers, a `discover` rule on a non-Ollama provider, ...).
+    /// Things worth a warning that do not stop the router (a `discover` rule
+    /// on a non-Ollama provider, an enabled keyword classifier without tags).
+    /// Skipped providers are not repeated here: see [`Provider::skipped`].
     pub warnings: Vec<String>,
 }

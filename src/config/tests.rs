@@ -835,13 +835,7 @@ fn missing_key_env_skips_provider() {
     );
     // Rules may still name a skipped provider.
     assert!(matches!(&cfg.routers[0], Rule::Prefix { provider: 3, .. }));
-    assert_eq!(
-        cfg.warnings,
-        [
-            "provider \"openai\" skipped: environment variable OPENAI_API_KEY is not set",
-            "provider \"xai\" skipped: environment variable XAI_API_KEY is empty",
-        ]
-    );
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
 }
 
 #[test]
@@ -1187,10 +1181,8 @@ rules (top to bottom, first match wins):
    3. random: any of local \"a\"
    4. fallback: best of all providers (quality_bias 0.5)
 
-warnings:
-  - provider \"openai\" skipped: environment variable OPENAI_API_KEY is not set
-
-config OK (config.toml)";
+config OK (config.toml)
+";
     assert_eq!(out, expected);
 }
 

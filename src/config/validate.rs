@@ -51,7 +51,7 @@ pub(crate) fn build(
     let server = server(doc, raw.server, env)?;
     let logging = logging(doc, raw.logging)?;
     let telemetry = telemetry(doc, raw.telemetry)?;
-    let providers = providers(doc, raw.providers, env, &mut warnings)?;
+    let providers = providers(doc, raw.providers, env)?;
     let names = Names(&providers);
     let routers = raw
         .routers
@@ -89,21 +89,28 @@ fn server(
     if host.trim().is_empty() {
         return Err(doc.err(&at("host"), "[server]: `host` must not be empty"));
     }
-    let api_key = match &s.api_key_env {
+    // The router's own key: unlike a provider's, a missing one stops startup.
+    let api_key = match s.api_key_env.as_deref() {
         None => None,
-        Some(var) => Some(required_env(
-            doc,
-            &at("api_key_env"),
-            "[server]",
-            var,
-            env,
-            |var, state| {
-                format!(
-                    "[server]: environment variable {var} (api_key_env) is {state}; \
-                 the router refuses to start without its API key"
-                )
-            },
-        )?),
+        Some(var) if var.trim().is_empty() => {
+            return Err(doc.err(
+                &at("api_key_env"),
+                "[server]: `api_key_env` must name an environment variable",
+            ));
+        }
+        Some(var) => match env(var) {
+            Some(v) if !v.is_empty() => Some(v),
+            found => {
+                let state = if found.is_none() { "not set" } else { "empty" };
+                return Err(doc.err(
+                    &at("api_key_env"),
+                    format!(
+                        "[server]: environment variable {var} (api_key_env) is {state}; the \
+                         router refuses to start without its API key"
+                    ),
+                ));
+            }
+        },
     };
     let at_least_one = |key: &str, v: u64| {
         if v == 0 {
@@ -147,28 +154,6 @@ fn server(
         pool_idle_ttl_ms: s.pool_idle_ttl_ms.unwrap_or(DEFAULT_POOL_IDLE_TTL_MS),
         pool_max_idle: s.pool_max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
     })
-}
-
-/// Resolves `var` or fails with `message(var, "not set" | "empty")`.
-fn required_env(
-    doc: &Doc<'_>,
-    at: &[Seg],
-    table: &str,
-    var: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    message: impl Fn(&str, &str) -> String,
-) -> Result<String, ConfigError> {
-    if var.trim().is_empty() {
-        return Err(doc.err(
-            at,
-            format!("{table}: `api_key_env` must name an environment variable"),
-        ));
-    }
-    match env(var) {
-        None => Err(doc.err(at, message(var, "not set"))),
-        Some(v) if v.is_empty() => Err(doc.err(at, message(var, "empty"))),
-        Some(v) => Ok(v),
-    }
 }
 
 fn logging(doc: &Doc<'_>, l: raw::RawLogging) -> Result<LoggingConfig, ConfigError> {
@@ -225,7 +210,6 @@ fn providers(
     doc: &Doc<'_>,
     list: Option<Vec<RawProvider>>,
     env: &dyn Fn(&str) -> Option<String>,
-    warnings: &mut Vec<String>,
 ) -> Result<Vec<Provider>, ConfigError> {
     let list = list.unwrap_or_default();
     if list.is_empty() {
@@ -244,9 +228,6 @@ fn providers(
                     first + 1
                 ),
             ));
-        }
-        if let Some(reason) = &provider.skipped {
-            warnings.push(format!("provider {:?} skipped: {reason}", provider.name));
         }
         out.push(provider);
     }

@@ -19,10 +19,13 @@
 //!
 //! # Files
 //!
+//! - `scan.rs`: the non-allocating span walker under [`scan_top_level`] (also
+//!   used by the stream stats in [`crate::sse`]).
 //! - `top.rs`: [`scan_top_level`], [`TopLevel`], [`splice_request`].
 //! - `chat.rs`: [`parse_chat_request`] over a reused `simd-json` tape.
 
 mod chat;
+pub(crate) mod scan;
 mod top;
 
 pub use chat::{ChatRequestInfo, PluginRequest, parse_chat_request};
@@ -94,25 +97,30 @@ pub(crate) fn find_byte2(hay: &[u8], a: u8, b: u8) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let (sa, sb) = (LO * u64::from(a), LO * u64::from(b));
-    let mut chunks = hay.chunks_exact(8);
-    let mut base = 0;
-    for chunk in &mut chunks {
+    // Classic "has zero byte": exact for the lowest zero byte, which is all we read.
+    let hits = |w: u64| {
+        let (xa, xb) = (w ^ sa, w ^ sb);
+        ((xa.wrapping_sub(LO) & !xa) | (xb.wrapping_sub(LO) & !xb)) & HI
+    };
+    let mut i = 0;
+    while let Some(chunk) = hay.get(i..i + 8) {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        let (xa, xb) = (w ^ sa, w ^ sb);
-        // Classic "has zero byte": exact for the lowest zero byte, which is all we read.
-        let hit = ((xa.wrapping_sub(LO) & !xa) | (xb.wrapping_sub(LO) & !xb)) & HI;
+        let hit = hits(u64::from_le_bytes(word));
         if hit != 0 {
-            return Some(base + (hit.trailing_zeros() / 8) as usize);
+            return Some(i + (hit.trailing_zeros() / 8) as usize);
         }
-        base += 8;
+        i += 8;
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&c| c == a || c == b)
-        .map(|p| base + p)
+    // The last 0..8 bytes as one zero-padded word, padding masked off.
+    let tail = hay.get(i..).unwrap_or_default();
+    if tail.is_empty() {
+        return None;
+    }
+    let mut word = [0u8; 8];
+    word[..tail.len()].copy_from_slice(tail);
+    let hit = hits(u64::from_le_bytes(word)) & ((1u64 << (tail.len() * 8)) - 1);
+    (hit != 0).then(|| i + (hit.trailing_zeros() / 8) as usize)
 }
 
 #[cfg(test)]

@@ -88,6 +88,8 @@ def test_plain_chat_through_upstream(client, upstream, marker):
         {"role": "user", "content": f"say hello {marker}"},
     ]
     assert "stream" not in body or body["stream"] is False
+    # §6: same-format routes forward the client's bytes unchanged (model kept, no plugins key).
+    assert rec.body_bytes == raw.http_request.content
 
 
 def test_prefix_rewrite_model(client, upstream, marker):
@@ -98,7 +100,12 @@ def test_prefix_rewrite_model(client, upstream, marker):
     assert raw.parse().choices[0].message.content == UPSTREAM_TEXT
     assert raw.headers.get("x-router-provider") == "up"
     assert raw.headers.get("x-router-model") == "real-model"
-    assert upstream.find_one(marker).body["model"] == "real-model"
+    rec = upstream.find_one(marker)
+    assert rec.body["model"] == "real-model"
+    # §6: byte-for-byte except the model value.
+    sent = json.loads(raw.http_request.content)
+    sent["model"] = "real-model"
+    assert rec.body == sent
 
 
 def test_plugins_key_is_never_forwarded(client, upstream, marker):

@@ -1,0 +1,269 @@
+//! A non-allocating JSON walker over byte spans: visit an object's members or
+//! an array's elements, skipping every value it is not asked to look into
+//! (strings eight bytes at a time, nested containers by depth, no recursion).
+//!
+//! It checks the structure it walks (keys, colons, commas, brackets, literals)
+//! but not string contents, UTF-8 or number syntax: it is for finding spans in
+//! bodies that are validated elsewhere ([`scan_top_level`](super::scan_top_level))
+//! or read best-effort (the stream stats in [`crate::sse`]).
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use super::{JsonError, MAX_DEPTH, find_byte2};
+
+/// One member of an object, as spans of the walked bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawMember {
+    /// The key without its quotes, as written.
+    pub key: Range<usize>,
+    /// The key contains a backslash escape.
+    pub key_escaped: bool,
+    /// The value as written (strings with their quotes).
+    pub value: Range<usize>,
+}
+
+/// Visit the members of the object whose `{` is at `at`; returns the index
+/// just past its `}`. An error from `f` stops the walk and is returned.
+pub(crate) fn for_each_member(
+    body: &[u8],
+    at: usize,
+    mut f: impl FnMut(RawMember) -> Result<(), JsonError>,
+) -> Result<usize, JsonError> {
+    let mut s = Scanner { b: body, i: at };
+    if s.peek() != Some(b'{') {
+        return Err(s.error("expected an object"));
+    }
+    s.i += 1;
+    s.skip_ws();
+    if s.peek() == Some(b'}') {
+        return Ok(s.i + 1);
+    }
+    loop {
+        s.skip_ws();
+        let key_start = s.i;
+        if s.peek() != Some(b'"') {
+            return Err(s.error("expected an object key"));
+        }
+        let (key_end, key_escaped) = s.string()?;
+        s.skip_ws();
+        if s.peek() != Some(b':') {
+            return Err(s.error("expected ':' after an object key"));
+        }
+        s.i += 1;
+        s.skip_ws();
+        let value_start = s.i;
+        s.value()?;
+        f(RawMember {
+            key: key_start + 1..key_end,
+            key_escaped,
+            value: value_start..s.i,
+        })?;
+        s.skip_ws();
+        match s.peek() {
+            Some(b',') => s.i += 1,
+            Some(b'}') => return Ok(s.i + 1),
+            _ => return Err(s.error("expected ',' or '}' after an object member")),
+        }
+    }
+}
+
+/// Visit the elements of the array whose `[` is at `at`; returns the index
+/// just past its `]`.
+pub(crate) fn for_each_element(
+    body: &[u8],
+    at: usize,
+    mut f: impl FnMut(Range<usize>) -> Result<(), JsonError>,
+) -> Result<usize, JsonError> {
+    let mut s = Scanner { b: body, i: at };
+    if s.peek() != Some(b'[') {
+        return Err(s.error("expected an array"));
+    }
+    s.i += 1;
+    s.skip_ws();
+    if s.peek() == Some(b']') {
+        return Ok(s.i + 1);
+    }
+    loop {
+        s.skip_ws();
+        let start = s.i;
+        s.value()?;
+        f(start..s.i)?;
+        s.skip_ws();
+        match s.peek() {
+            Some(b',') => s.i += 1,
+            Some(b']') => return Ok(s.i + 1),
+            _ => return Err(s.error("expected ',' or ']' after an array element")),
+        }
+    }
+}
+
+/// The member's key with escapes resolved; `None` if an escape is invalid.
+pub(crate) fn key_text<'b>(body: &'b [u8], m: &RawMember) -> Option<Cow<'b, str>> {
+    if m.key_escaped {
+        let quoted = body.get(m.key.start - 1..m.key.end + 1)?;
+        serde_json::from_slice::<String>(quoted).ok().map(Cow::Owned)
+    } else {
+        std::str::from_utf8(body.get(m.key.clone())?).ok().map(Cow::Borrowed)
+    }
+}
+
+/// Whether the member's key is `name` (escapes resolved).
+pub(crate) fn key_is(body: &[u8], m: &RawMember, name: &str) -> bool {
+    if m.key_escaped {
+        key_text(body, m).is_some_and(|k| k == name)
+    } else {
+        body.get(m.key.clone()) == Some(name.as_bytes())
+    }
+}
+
+/// A string value (`raw` with its quotes) as text: borrowed when it has no
+/// escapes. `None` if `raw` is not a valid JSON string.
+pub(crate) fn string_value(raw: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if !inner.contains(&b'\\') {
+        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    }
+    serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
+}
+
+/// A non-negative integer value (`12`, not `12.0`).
+pub(crate) fn u64_value(raw: &[u8]) -> Option<u64> {
+    std::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn error(&self, what: &str) -> JsonError {
+        if self.i >= self.b.len() {
+            JsonError::invalid(format_args!("{what}, found the end of the body"))
+        } else {
+            JsonError::invalid(format_args!("{what} at byte {}", self.i))
+        }
+    }
+
+    /// `self.i` is at an opening quote. Returns the index of the closing quote
+    /// (and whether the string holds escapes); `self.i` moves past it.
+    fn string(&mut self) -> Result<(usize, bool), JsonError> {
+        let start = self.i;
+        let mut j = self.i + 1;
+        let mut escaped = false;
+        loop {
+            let rest = self.b.get(j..).unwrap_or_default();
+            match find_byte2(rest, b'"', b'\\') {
+                Some(off) if rest[off] == b'"' => {
+                    self.i = j + off + 1;
+                    return Ok((j + off, escaped));
+                }
+                // A backslash: whatever follows it cannot end the string.
+                Some(off) => {
+                    escaped = true;
+                    j += off + 2;
+                }
+                None => {
+                    self.i = start;
+                    return Err(JsonError::invalid(format_args!(
+                        "unterminated string starting at byte {start}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Skip one value of the root object (`self.i` at its first byte).
+    fn value(&mut self) -> Result<(), JsonError> {
+        match self.peek() {
+            Some(b'"') => self.string().map(drop),
+            Some(b'{' | b'[') => self.nested(),
+            Some(b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => self.scalar(),
+            _ => Err(self.error("expected a value")),
+        }
+    }
+
+    /// A number or `true`/`false`/`null`: its bytes up to the next delimiter.
+    fn scalar(&mut self) -> Result<(), JsonError> {
+        let start = self.i;
+        while let Some(c) = self.peek() {
+            if !(c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.')) {
+                break;
+            }
+            self.i += 1;
+        }
+        let token = self.b.get(start..self.i).unwrap_or_default();
+        let ok = match token.first() {
+            Some(b'-' | b'0'..=b'9') => token
+                .iter()
+                .all(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')),
+            _ => matches!(token, b"true" | b"false" | b"null"),
+        };
+        if ok {
+            Ok(())
+        } else {
+            self.i = start;
+            Err(self.error("invalid literal"))
+        }
+    }
+
+    /// Skip a nested object or array without recursion: a depth counter and a
+    /// bit per level (set = array) to check that closers match openers.
+    fn nested(&mut self) -> Result<(), JsonError> {
+        // The root object is level 1; `kinds` bit k describes level k + 2.
+        let mut depth = 1usize;
+        let mut kinds: u128 = 0;
+        loop {
+            let Some(c) = self.peek() else {
+                return Err(self.error("unclosed object or array"));
+            };
+            match c {
+                b'"' => {
+                    self.string()?;
+                    continue;
+                }
+                b'{' | b'[' => {
+                    if depth >= MAX_DEPTH {
+                        return Err(JsonError::invalid(format_args!(
+                            "nesting deeper than {MAX_DEPTH} levels at byte {}",
+                            self.i
+                        )));
+                    }
+                    let bit = 1u128 << (depth - 1);
+                    if c == b'[' {
+                        kinds |= bit;
+                    } else {
+                        kinds &= !bit;
+                    }
+                    depth += 1;
+                }
+                b'}' | b']' => {
+                    depth -= 1;
+                    let is_array = kinds & (1u128 << (depth - 1)) != 0;
+                    if is_array != (c == b']') {
+                        return Err(self.error("mismatched closing bracket"));
+                    }
+                    if depth == 1 {
+                        self.i += 1;
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+            self.i += 1;
+        }
+    }
+}
+
+pub fn skip_value_pub(b: &[u8]) -> usize { let mut s = Scanner { b, i: 0 }; let _ = s.value(); s.i }
