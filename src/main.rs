@@ -86,6 +86,9 @@ fn serve(path: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for w in &cfg.warnings {
+        diag::warn(w);
+    }
     for p in &cfg.providers {
         if let Some(reason) = &p.skipped {
             diag::warn(&format!("provider '{}' skipped: {reason}", p.name));

@@ -1,6 +1,7 @@
 //! A non-allocating JSON walker over byte spans: visit an object's members or
-//! an array's elements, skipping every value it is not asked to look into
-//! (strings eight bytes at a time, nested containers by depth, no recursion).
+//! an array's elements, reading the values the caller looks into and skipping
+//! the rest (strings eight bytes at a time, nested containers by depth, no
+//! recursion).
 //!
 //! It checks the structure it walks (keys, colons, commas, brackets, literals)
 //! but not string contents, UTF-8 or number syntax: it is for finding spans in
@@ -12,23 +13,23 @@ use std::ops::Range;
 
 use super::{JsonError, MAX_DEPTH, find_byte2};
 
-/// One member of an object, as spans of the walked bytes.
+/// An object key, as a span of the walked bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RawMember {
-    /// The key without its quotes, as written.
-    pub key: Range<usize>,
-    /// The key contains a backslash escape.
-    pub key_escaped: bool,
-    /// The value as written (strings with their quotes).
-    pub value: Range<usize>,
+pub(crate) struct RawKey {
+    /// Without its quotes, as written.
+    pub span: Range<usize>,
+    /// Contains a backslash escape.
+    pub escaped: bool,
 }
 
-/// Visit the members of the object whose `{` is at `at`; returns the index
-/// just past its `}`. An error from `f` stops the walk and is returned.
-pub(crate) fn for_each_member(
+/// Walk the object whose `{` is at `at`, calling `f(key, value_start)` for
+/// each member; `f` reads or skips the value (see [`skip_value`]) and returns
+/// the index just past it, so every byte is walked once. Returns the index
+/// just past the `}`. An error from `f` stops the walk and is returned.
+pub(crate) fn walk_object(
     body: &[u8],
     at: usize,
-    mut f: impl FnMut(RawMember) -> Result<(), JsonError>,
+    mut f: impl FnMut(RawKey, usize) -> Result<usize, JsonError>,
 ) -> Result<usize, JsonError> {
     let mut s = Scanner { b: body, i: at };
     if s.peek() != Some(b'{') {
@@ -45,20 +46,18 @@ pub(crate) fn for_each_member(
         if s.peek() != Some(b'"') {
             return Err(s.error("expected an object key"));
         }
-        let (key_end, key_escaped) = s.string()?;
+        let (key_end, escaped) = s.string()?;
         s.skip_ws();
         if s.peek() != Some(b':') {
             return Err(s.error("expected ':' after an object key"));
         }
         s.i += 1;
         s.skip_ws();
-        let value_start = s.i;
-        s.value()?;
-        f(RawMember {
-            key: key_start + 1..key_end,
-            key_escaped,
-            value: value_start..s.i,
-        })?;
+        let key = RawKey {
+            span: key_start + 1..key_end,
+            escaped,
+        };
+        s.i = s.advance_to(f(key, s.i)?)?;
         s.skip_ws();
         match s.peek() {
             Some(b',') => s.i += 1,
@@ -68,12 +67,13 @@ pub(crate) fn for_each_member(
     }
 }
 
-/// Visit the elements of the array whose `[` is at `at`; returns the index
-/// just past its `]`.
-pub(crate) fn for_each_element(
+/// Walk the array whose `[` is at `at`, calling `f(value_start)` for each
+/// element, which returns the index just past the element (as in
+/// [`walk_object`]). Returns the index just past the `]`.
+pub(crate) fn walk_array(
     body: &[u8],
     at: usize,
-    mut f: impl FnMut(Range<usize>) -> Result<(), JsonError>,
+    mut f: impl FnMut(usize) -> Result<usize, JsonError>,
 ) -> Result<usize, JsonError> {
     let mut s = Scanner { b: body, i: at };
     if s.peek() != Some(b'[') {
@@ -86,9 +86,7 @@ pub(crate) fn for_each_element(
     }
     loop {
         s.skip_ws();
-        let start = s.i;
-        s.value()?;
-        f(start..s.i)?;
+        s.i = s.advance_to(f(s.i)?)?;
         s.skip_ws();
         match s.peek() {
             Some(b',') => s.i += 1,
@@ -98,22 +96,29 @@ pub(crate) fn for_each_element(
     }
 }
 
+/// Skip the value starting at `at`; returns the index just past it.
+pub(crate) fn skip_value(body: &[u8], at: usize) -> Result<usize, JsonError> {
+    let mut s = Scanner { b: body, i: at };
+    s.value()?;
+    Ok(s.i)
+}
+
 /// The member's key with escapes resolved; `None` if an escape is invalid.
-pub(crate) fn key_text<'b>(body: &'b [u8], m: &RawMember) -> Option<Cow<'b, str>> {
-    if m.key_escaped {
-        let quoted = body.get(m.key.start - 1..m.key.end + 1)?;
+pub(crate) fn key_text<'b>(body: &'b [u8], key: &RawKey) -> Option<Cow<'b, str>> {
+    if key.escaped {
+        let quoted = body.get(key.span.start.checked_sub(1)?..key.span.end + 1)?;
         serde_json::from_slice::<String>(quoted).ok().map(Cow::Owned)
     } else {
-        std::str::from_utf8(body.get(m.key.clone())?).ok().map(Cow::Borrowed)
+        std::str::from_utf8(body.get(key.span.clone())?).ok().map(Cow::Borrowed)
     }
 }
 
 /// Whether the member's key is `name` (escapes resolved).
-pub(crate) fn key_is(body: &[u8], m: &RawMember, name: &str) -> bool {
-    if m.key_escaped {
-        key_text(body, m).is_some_and(|k| k == name)
+pub(crate) fn key_is(body: &[u8], key: &RawKey, name: &str) -> bool {
+    if key.escaped {
+        key_text(body, key).is_some_and(|k| k == name)
     } else {
-        body.get(m.key.clone()) == Some(name.as_bytes())
+        body.get(key.span.clone()) == Some(name.as_bytes())
     }
 }
 
@@ -145,6 +150,15 @@ impl Scanner<'_> {
     fn skip_ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
             self.i += 1;
+        }
+    }
+
+    /// Move to `end`, the end of a value a callback read; it must lie ahead.
+    fn advance_to(&self, end: usize) -> Result<usize, JsonError> {
+        if end > self.i && end <= self.b.len() {
+            Ok(end)
+        } else {
+            Err(self.error("value reader went astray"))
         }
     }
 
@@ -266,4 +280,3 @@ impl Scanner<'_> {
     }
 }
 
-pub fn skip_value_pub(b: &[u8]) -> usize { let mut s = Scanner { b, i: 0 }; let _ = s.value(); s.i }

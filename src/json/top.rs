@@ -1,10 +1,9 @@
 //! The root object's members as byte spans, and the byte splice that forwards a
 //! body with a new `model` and without `plugins`.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
-use super::scan::{for_each_member, key_text};
+use super::scan::{key_text, skip_value, walk_object};
 use super::{JsonError, write_json_string};
 
 /// One member of the root object, as spans of the body it was scanned from.
@@ -63,20 +62,23 @@ pub fn scan_top_level(body: &[u8]) -> Result<TopLevel, JsonError> {
         Some(_) => return Err(JsonError("request body must be a JSON object".into())),
     }
     let mut top = TopLevel::default();
-    let end = for_each_member(body, start.unwrap_or_default(), |m| {
+    let end = walk_object(body, start.unwrap_or_default(), |key, value_start| {
         let name_start = top.names.len();
-        match key_text(body, &m) {
-            Some(Cow::Borrowed(k)) => top.names.extend_from_slice(k.as_bytes()),
-            Some(Cow::Owned(k)) => top.names.extend_from_slice(k.as_bytes()),
-            None => return Err(JsonError::invalid(format_args!("invalid object key at byte {}", m.key.start - 1))),
+        match key_text(body, &key) {
+            Some(k) => top.names.extend_from_slice(k.as_bytes()),
+            None => {
+                let at = key.span.start - 1;
+                return Err(JsonError::invalid(format_args!("invalid object key at byte {at}")));
+            }
         }
+        let value_end = skip_value(body, value_start)?;
         top.members.push(Member {
-            member: m.key.start - 1..m.value.end,
-            key: m.key,
-            value: m.value,
+            member: key.span.start - 1..value_end,
+            key: key.span,
+            value: value_start..value_end,
             name: name_start..top.names.len(),
         });
-        Ok(())
+        Ok(value_end)
     })?;
     let trailing = body.get(end..).unwrap_or_default();
     if let Some(off) = trailing.iter().position(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t')) {

@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use crate::json::scan::{for_each_element, for_each_member, key_is, string_value, u64_value};
+use crate::json::scan::{key_is, skip_value, string_value, u64_value, walk_array, walk_object};
 use crate::json::{JsonError, write_json_string};
 
 /// What the router learns from an OpenAI chat stream while relaying it unchanged.
@@ -100,44 +100,45 @@ fn malformed() -> JsonError {
 
 fn read_chunk(b: &[u8]) -> Result<Chunk<'_>, JsonError> {
     let mut chunk = Chunk::default();
-    for_each_member(b, 0, |m| {
-        let raw = b.get(m.value.clone()).unwrap_or_default();
-        if key_is(b, &m, "choices") {
-            match raw.first() {
-                Some(b'[') => for_each_element(b, m.value.start, |c| read_choice(b, c.start, &mut chunk))?,
-                Some(b'n') => 0, // vLLM sends `choices: null` on the usage chunk
-                _ => return Err(malformed()),
-            };
-        } else if key_is(b, &m, "usage") && raw.first() == Some(&b'{') {
-            for_each_member(b, m.value.start, |u| {
-                let raw = b.get(u.value.clone()).unwrap_or_default();
-                if key_is(b, &u, "prompt_tokens") {
+    walk_object(b, 0, |key, at| {
+        let first = b.get(at).copied();
+        if key_is(b, &key, "choices") && first == Some(b'[') {
+            walk_array(b, at, |c| read_choice(b, c, &mut chunk))
+        } else if key_is(b, &key, "choices") && first != Some(b'n') {
+            // Not an array, nor the `null` vLLM sends on the usage chunk.
+            Err(malformed())
+        } else if key_is(b, &key, "usage") && first == Some(b'{') {
+            walk_object(b, at, |field, at| {
+                let end = skip_value(b, at)?;
+                let raw = b.get(at..end).unwrap_or_default();
+                if key_is(b, &field, "prompt_tokens") {
                     chunk.prompt_tokens = u64_value(raw);
-                } else if key_is(b, &u, "completion_tokens") {
+                } else if key_is(b, &field, "completion_tokens") {
                     chunk.completion_tokens = u64_value(raw);
                 }
-                Ok(())
-            })?;
-        } else if key_is(b, &m, "error") && raw != b"null" {
-            chunk.error = Some(error_message(raw));
+                Ok(end)
+            })
+        } else if key_is(b, &key, "error") && first != Some(b'n') {
+            let end = skip_value(b, at)?;
+            chunk.error = Some(error_message(b.get(at..end).unwrap_or_default()));
+            Ok(end)
+        } else {
+            skip_value(b, at)
         }
-        Ok(())
     })?;
     Ok(chunk)
 }
 
 /// One element of `choices`: `delta.content` (streams) or `message.content`
 /// (whole completions), and `finish_reason`.
-fn read_choice<'a>(b: &'a [u8], at: usize, chunk: &mut Chunk<'a>) -> Result<(), JsonError> {
-    if b.get(at) != Some(&b'{') {
-        return Err(malformed());
-    }
-    for_each_member(b, at, |m| {
-        let raw = b.get(m.value.clone()).unwrap_or_default();
-        if (key_is(b, &m, "delta") || key_is(b, &m, "message")) && raw.first() == Some(&b'{') {
-            for_each_member(b, m.value.start, |f| {
-                if key_is(b, &f, "content") {
-                    match b.get(f.value.clone()).unwrap_or_default() {
+fn read_choice<'a>(b: &'a [u8], at: usize, chunk: &mut Chunk<'a>) -> Result<usize, JsonError> {
+    walk_object(b, at, |key, at| {
+        let first = b.get(at).copied();
+        if (key_is(b, &key, "delta") || key_is(b, &key, "message")) && first == Some(b'{') {
+            walk_object(b, at, |field, at| {
+                let end = skip_value(b, at)?;
+                if key_is(b, &field, "content") {
+                    match b.get(at..end).unwrap_or_default() {
                         b"null" => {}
                         raw => {
                             let text = string_value(raw).ok_or_else(malformed)?;
@@ -148,14 +149,16 @@ fn read_choice<'a>(b: &'a [u8], at: usize, chunk: &mut Chunk<'a>) -> Result<(), 
                         }
                     }
                 }
-                Ok(())
-            })?;
-        } else if key_is(b, &m, "finish_reason") && raw != b"null" {
-            chunk.finish_reason = Some(string_value(raw).ok_or_else(malformed)?);
+                Ok(end)
+            })
+        } else if key_is(b, &key, "finish_reason") && first != Some(b'n') {
+            let end = skip_value(b, at)?;
+            chunk.finish_reason = Some(string_value(b.get(at..end).unwrap_or_default()).ok_or_else(malformed)?);
+            Ok(end)
+        } else {
+            skip_value(b, at)
         }
-        Ok(())
-    })?;
-    Ok(())
+    })
 }
 
 /// The text of an `error` value: its `message`, or the string itself, or the
