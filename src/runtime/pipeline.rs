@@ -303,8 +303,7 @@ pub async fn chat_completions(core: &Core, conn: &mut ClientConn, req: &Request<
             conn.up_req.clear();
             let mut up_req = std::mem::take(&mut conn.up_req);
             build_upstream_request(core, req, pidx, &top, rewrite.as_deref(), &mut up_req);
-            let next = proxy(core, conn, req, ctx, pidx, up_req, info.include_usage).await;
-            next
+            proxy(core, conn, req, ctx, pidx, up_req).await
         }
         ProviderFormat::OpenAi | ProviderFormat::Ollama => {
             let err = RouterError::unsupported(format!(
@@ -382,7 +381,7 @@ enum Relay {
 }
 
 /// Same-format call to an OpenAI-compatible provider over plain HTTP.
-async fn proxy(core: &Core, conn: &mut ClientConn, req: &Request<'_>, mut ctx: Ctx, pidx: usize, up_req: Vec<u8>, _include_usage: bool) -> Next {
+async fn proxy(core: &Core, conn: &mut ClientConn, req: &Request<'_>, mut ctx: Ctx, pidx: usize, up_req: Vec<u8>) -> Next {
     let watch = conn.take_watch();
     let mut resp = std::mem::take(&mut conn.up_resp);
     resp.clear();

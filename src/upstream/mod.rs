@@ -78,14 +78,12 @@ impl Pools {
         let mut idle = self.idle.borrow_mut();
         let stack = idle.get_mut(provider)?;
         let now = Instant::now();
-        while let Some(c) = stack.pop() {
-            if now.duration_since(c.since) < self.ttl {
-                return Some(c.stream);
-            }
-            // The rest are older still: drop them all.
-            stack.clear();
-            return None;
+        let c = stack.pop()?;
+        if now.duration_since(c.since) < self.ttl {
+            return Some(c.stream);
         }
+        // The rest are older still: drop them all.
+        stack.clear();
         None
     }
 

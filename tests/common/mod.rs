@@ -3,7 +3,6 @@
 //! upstream that records what it receives, and a raw HTTP/1.1 client.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -388,7 +387,9 @@ impl Upstream {
     }
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(String, String, Vec<(String, String)>, Vec<u8>)> {
+type RawRequest = (String, String, Vec<(String, String)>, Vec<u8>);
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<RawRequest> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
