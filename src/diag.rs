@@ -14,7 +14,9 @@ enum Level {
 fn max_level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        let v = std::env::var("RUST_LOG").unwrap_or_default().to_ascii_lowercase();
+        let v = std::env::var("RUST_LOG")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         // Accept `opensourcellmrouter=debug` style filters too: take the last level named.
         let word = v.rsplit(['=', ',']).next().unwrap_or("");
         match word {

@@ -33,12 +33,31 @@ pub struct RouterError {
 }
 
 impl RouterError {
-    fn new(side: Side, status: u16, kind: &'static str, code: Option<&'static str>, message: String) -> Self {
-        RouterError { side, status, kind, code, message, close: false }
+    fn new(
+        side: Side,
+        status: u16,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: String,
+    ) -> Self {
+        RouterError {
+            side,
+            status,
+            kind,
+            code,
+            message,
+            close: false,
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(Side::Client, 400, "invalid_request_error", None, message.into())
+        Self::new(
+            Side::Client,
+            400,
+            "invalid_request_error",
+            None,
+            message.into(),
+        )
     }
 
     pub fn with_code(mut self, code: &'static str) -> Self {
@@ -126,7 +145,13 @@ impl RouterError {
     }
 
     pub fn unsupported(message: impl Into<String>) -> Self {
-        Self::new(Side::Internal, 501, "not_implemented", Some("not_implemented"), message.into())
+        Self::new(
+            Side::Internal,
+            501,
+            "not_implemented",
+            Some("not_implemented"),
+            message.into(),
+        )
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -163,7 +188,11 @@ impl RouterError {
                     503 | 529 => "overloaded_error",
                     _ => "api_error",
                 };
-                let kind = if self.status == 413 { "request_too_large" } else { kind };
+                let kind = if self.status == 413 {
+                    "request_too_large"
+                } else {
+                    kind
+                };
                 out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":");
                 write_json_string(out, kind);
                 out.extend_from_slice(b",\"message\":");

@@ -53,9 +53,13 @@ fn load(path: Option<&str>) -> Result<config::Config, String> {
     config::load_dotenv(Path::new("."));
     match path {
         Some(p) => config::load(Path::new(p)).map_err(|e| e.to_string()),
-        None if Path::new("config.toml").exists() => config::load(Path::new("config.toml")).map_err(|e| e.to_string()),
+        None if Path::new("config.toml").exists() => {
+            config::load(Path::new("config.toml")).map_err(|e| e.to_string())
+        }
         None => {
-            diag::info("no config.toml in the working directory: using the embedded default config");
+            diag::info(
+                "no config.toml in the working directory: using the embedded default config",
+            );
             config::load_default().map_err(|e| e.to_string())
         }
     }

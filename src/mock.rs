@@ -33,7 +33,10 @@ pub fn chat_completion(out: &mut Vec<u8>, id: &str, created: u64, model: &str, i
     let output = output_tokens();
     out.extend_from_slice(b"{\"id\":");
     write_json_string(out, id);
-    let _ = write!(out, ",\"object\":\"chat.completion\",\"created\":{created},\"model\":");
+    let _ = write!(
+        out,
+        ",\"object\":\"chat.completion\",\"created\":{created},\"model\":"
+    );
     write_json_string(out, model);
     out.extend_from_slice(
         b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
@@ -48,10 +51,20 @@ pub fn chat_completion(out: &mut Vec<u8>, id: &str, created: u64, model: &str, i
 
 /// One `data: <chunk>\n\n` event of an OpenAI chat stream. `delta` is the raw
 /// JSON of the delta object; `finish` the finish reason of the last chunk.
-pub fn chat_chunk(out: &mut Vec<u8>, id: &str, created: u64, model: &str, delta: &str, finish: Option<&str>) {
+pub fn chat_chunk(
+    out: &mut Vec<u8>,
+    id: &str,
+    created: u64,
+    model: &str,
+    delta: &str,
+    finish: Option<&str>,
+) {
     out.extend_from_slice(b"data: {\"id\":");
     write_json_string(out, id);
-    let _ = write!(out, ",\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":");
+    let _ = write!(
+        out,
+        ",\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":"
+    );
     write_json_string(out, model);
     out.extend_from_slice(b",\"choices\":[{\"index\":0,\"delta\":");
     out.extend_from_slice(delta.as_bytes());
@@ -77,7 +90,10 @@ pub fn usage_chunk(out: &mut Vec<u8>, id: &str, created: u64, model: &str, input
     let output = output_tokens();
     out.extend_from_slice(b"data: {\"id\":");
     write_json_string(out, id);
-    let _ = write!(out, ",\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":");
+    let _ = write!(
+        out,
+        ",\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":"
+    );
     write_json_string(out, model);
     let _ = write!(
         out,
@@ -111,14 +127,22 @@ mod tests {
         for t in tokens() {
             let mut out = Vec::new();
             chat_chunk(&mut out, "c", 1, "m", &content_delta(t), None);
-            let data = out.strip_prefix(b"data: ").unwrap().strip_suffix(b"\n\n").unwrap();
+            let data = out
+                .strip_prefix(b"data: ")
+                .unwrap()
+                .strip_suffix(b"\n\n")
+                .unwrap();
             let v: serde_json::Value = serde_json::from_slice(data).unwrap();
             text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap());
         }
         assert_eq!(text, MOCK_TEXT);
         let mut out = Vec::new();
         usage_chunk(&mut out, "c", 1, "m", 2);
-        let data = out.strip_prefix(b"data: ").unwrap().strip_suffix(b"\n\n").unwrap();
+        let data = out
+            .strip_prefix(b"data: ")
+            .unwrap()
+            .strip_suffix(b"\n\n")
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(data).unwrap();
         assert_eq!(v["choices"].as_array().unwrap().len(), 0);
         assert_eq!(v["usage"]["prompt_tokens"], 2);

@@ -13,7 +13,10 @@ fn router_and_upstream(name: &str) -> (Router, Upstream) {
     let up = Upstream::start();
     let router = Router::start(
         name,
-        &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n").replace("workers = 1", "workers = 1\nmax_body_bytes = 1000\nmax_head_bytes = 4096\nheader_timeout_ms = 400"),
+        &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n").replace(
+            "workers = 1",
+            "workers = 1\nmax_body_bytes = 1000\nmax_head_bytes = 4096\nheader_timeout_ms = 400",
+        ),
     );
     (router, up)
 }
@@ -23,14 +26,29 @@ const BODY: &str = r#"{"model":"m","messages":[]}"#;
 /// Send `bytes`, expect `status`, an OpenAI error body, a closed connection, no upstream request.
 fn expect_reject(router: &Router, up: &Upstream, bytes: &[u8], status: u16) {
     let (resp, mut reader) = raw(router, bytes);
-    let resp = resp.unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(bytes)));
-    assert_eq!(resp.status, status, "for {:?}: {}", String::from_utf8_lossy(bytes), resp.text());
+    let resp =
+        resp.unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(bytes)));
+    assert_eq!(
+        resp.status,
+        status,
+        "for {:?}: {}",
+        String::from_utf8_lossy(bytes),
+        resp.text()
+    );
     let v = resp.json();
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
     assert!(v["error"]["type"].is_string());
     assert_eq!(resp.header("connection"), Some("close"));
     assert!(reader.closed(), "connection must be closed after {status}");
-    assert!(up.requests().is_empty(), "rejected request reached the upstream");
+    assert!(
+        up.requests().is_empty(),
+        "rejected request reached the upstream"
+    );
 }
 
 #[test]
@@ -81,13 +99,20 @@ fn smuggling_and_framing_vectors_are_rejected() {
         expect_reject(&router, &up, bytes.as_bytes(), *status);
     }
     let lines = router.log_lines(cases.len());
-    assert!(lines.iter().all(|l| l["status"].as_u64().unwrap() >= 400 && l["error"].is_string()));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["status"].as_u64().unwrap() >= 400 && l["error"].is_string())
+    );
 }
 
 #[test]
 fn connect_method_is_refused_without_a_tunnel() {
     let (router, up) = router_and_upstream("connect");
-    let (resp, mut reader) = raw(&router, b"CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n");
+    let (resp, mut reader) = raw(
+        &router,
+        b"CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n",
+    );
     let resp = resp.unwrap();
     assert!(resp.status == 405 || resp.status == 400, "{}", resp.status);
     assert!(reader.closed());
@@ -100,20 +125,31 @@ fn limits_give_431_414_and_413() {
     let long_line = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(100_000));
     let (resp, _) = raw(&router, long_line.as_bytes());
     assert!(matches!(resp.unwrap().status, 414 | 431));
-    let big_header = format!("GET /health HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(8000));
+    let big_header = format!(
+        "GET /health HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(8000)
+    );
     expect_reject(&router, &up, big_header.as_bytes(), 431);
     let many: String = (0..1000).map(|i| format!("X-{i}: v\r\n")).collect();
-    let (resp, _) = raw(&router, format!("GET /health HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes());
+    let (resp, _) = raw(
+        &router,
+        format!("GET /health HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes(),
+    );
     assert_eq!(resp.unwrap().status, 431);
     // B3: Content-Length over the limit is refused before the body is read.
-    let (resp, mut reader) = raw(&router, b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n");
+    let (resp, mut reader) = raw(
+        &router,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n",
+    );
     let resp = resp.unwrap();
     assert_eq!(resp.status, 413);
     assert_eq!(resp.json()["error"]["code"], "request_too_large");
     assert!(reader.closed());
     // B4: the same limit hit mid-way through a chunked body.
     let chunk = "x".repeat(600);
-    let req = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n");
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
     expect_reject(&router, &up, req.as_bytes(), 413);
     // B9: Expect: 100-continue with an oversized body: 413 and no 100.
     let (resp, _) = raw(&router, b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n");
@@ -138,21 +174,32 @@ fn expect_100_continue_gets_100_then_the_answer() {
 fn chunked_request_bodies_are_decoded_and_forwarded_with_content_length() {
     let (router, up) = router_and_upstream("chunked-req");
     let (a, b) = BODY.split_at(10);
-    let req = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nTrailer: x\r\n\r\n", a.len(), b.len());
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nTrailer: x\r\n\r\n",
+        a.len(),
+        b.len()
+    );
     let (resp, _) = raw(&router, req.as_bytes());
     assert_eq!(resp.unwrap().status, 200);
     let got = &up.requests()[0];
     assert_eq!(got.body, BODY.as_bytes());
-    assert_eq!(got.header("content-length"), Some(BODY.len().to_string().as_str()));
+    assert_eq!(
+        got.header("content-length"),
+        Some(BODY.len().to_string().as_str())
+    );
     assert_eq!(got.header("transfer-encoding"), None);
 }
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let (router, up) = router_and_upstream("pipeline");
-    let one = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{BODY}", BODY.len());
+    let one = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
     let mut s = router.connect();
-    s.write_all(format!("{one}GET /health HTTP/1.1\r\nHost: a\r\n\r\n{one}").as_bytes()).unwrap();
+    s.write_all(format!("{one}GET /health HTTP/1.1\r\nHost: a\r\n\r\n{one}").as_bytes())
+        .unwrap();
     let mut r = Reader::new(s);
     assert_eq!(r.response().unwrap().status, 200);
     let h = r.response().unwrap();
@@ -167,13 +214,25 @@ fn unread_body_of_an_error_response_is_never_parsed_as_a_request() {
     let (router, _up) = router_and_upstream("drain");
     let smuggled = "GET /health HTTP/1.1\r\nHost: a\r\n\r\n";
     let mut s = router.connect();
-    s.write_all(format!("POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{smuggled}", smuggled.len()).as_bytes()).unwrap();
-    s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    s.write_all(
+        format!(
+            "POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     let mut r = Reader::new(s);
     assert_eq!(r.response().unwrap().status, 404);
     let second = r.response().unwrap();
     assert_eq!(second.status, 200);
-    assert!(second.text().contains("\"object\":\"list\""), "second answer is /v1/models, not the body: {}", second.text());
+    assert!(
+        second.text().contains("\"object\":\"list\""),
+        "second answer is /v1/models, not the body: {}",
+        second.text()
+    );
 }
 
 #[test]
@@ -199,7 +258,8 @@ fn query_string_does_not_affect_routing() {
 fn head_and_get_root_answer_quickly() {
     let (router, _up) = router_and_upstream("root");
     let mut s = router.connect();
-    s.write_all(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     let mut r = Reader::new(s);
     let head = r.response_for(true).unwrap();
     assert_eq!(head.status, 200);

@@ -17,7 +17,9 @@ fn completion(content: &str) -> String {
 }
 
 fn chunk(content: &str) -> String {
-    format!(r#"data: {{"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-x","choices":[{{"index":0,"delta":{{"content":"{content}"}},"finish_reason":null}}]}}"#) + "\n\n"
+    format!(
+        r#"data: {{"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-x","choices":[{{"index":0,"delta":{{"content":"{content}"}},"finish_reason":null}}]}}"#
+    ) + "\n\n"
 }
 
 const USAGE_CHUNK: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-x\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12}}\n\n";
@@ -28,7 +30,10 @@ fn body_is_forwarded_byte_for_byte_except_model_and_plugins() {
     up.push(json_reply(200, &completion("ok")));
     let router = Router::start(
         "bytes",
-        &basic_config(&up.base_url(), "[[routers]]\ntype = \"prefix\"\nmodel_prefix = \"alias/\"\nprovider = \"up\"\nrewrite_model = \"real-model\"\n"),
+        &basic_config(
+            &up.base_url(),
+            "[[routers]]\ntype = \"prefix\"\nmodel_prefix = \"alias/\"\nprovider = \"up\"\nrewrite_model = \"real-model\"\n",
+        ),
     );
     // Unknown fields, odd whitespace and key order must survive; only the model changes.
     let body = "{ \"zeta\": [1, 2,3],\n  \"plugins\": [{\"id\":\"response-healing\"}],\n  \"model\" :\"alias/x\", \"messages\":[{\"role\":\"user\",\"content\":\"hi \\u00e9\"}],\"x_custom\":{\"model\":\"inner\"} }";
@@ -46,7 +51,10 @@ fn body_is_forwarded_byte_for_byte_except_model_and_plugins() {
 fn unchanged_body_when_no_rewrite_and_no_plugins() {
     let up = Upstream::start();
     up.push(json_reply(200, &completion("ok")));
-    let router = Router::start("unchanged", &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n"));
+    let router = Router::start(
+        "unchanged",
+        &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n"),
+    );
     let resp = post(&router, "/v1/chat/completions", CHAT, &[]);
     assert_eq!(resp.status, 200);
     assert_eq!(up.requests()[0].body, CHAT.as_bytes());
@@ -78,29 +86,70 @@ rewrite_model = "coder"
     );
     let router = Router::start("headers", &config);
     let body = r#"{"model":"gpt-x","messages":[{"role":"system","content":"Be BRIEF."},{"role":"user","content":"write RUST please"}]}"#;
-    let resp = post(&router, "/v1/chat/completions", body, &[("Authorization", "Bearer client-secret"), ("X-Custom", "kept")]);
+    let resp = post(
+        &router,
+        "/v1/chat/completions",
+        body,
+        &[
+            ("Authorization", "Bearer client-secret"),
+            ("X-Custom", "kept"),
+        ],
+    );
     assert_eq!(resp.status, 200);
-    assert_eq!(resp.json()["choices"][0]["message"]["content"], "Sure, here is some Rust code");
-    assert_eq!(resp.header("x-upstream"), Some("yes"), "provider headers are relayed");
+    assert_eq!(
+        resp.json()["choices"][0]["message"]["content"],
+        "Sure, here is some Rust code"
+    );
+    assert_eq!(
+        resp.header("x-upstream"),
+        Some("yes"),
+        "provider headers are relayed"
+    );
     assert_eq!(resp.header("x-router-request-tags"), Some("code,brief"));
     assert_eq!(resp.header("x-router-response-tags"), None);
     assert_eq!(resp.header("x-router-provider"), Some("up"));
     assert_eq!(resp.header("x-router-model"), Some("coder"));
     assert_eq!(resp.header("x-router-input-tokens"), Some("12"));
     assert_eq!(resp.header("x-router-output-tokens"), Some("5"));
-    let overhead: u64 = resp.header("x-router-overhead-us").unwrap().parse().unwrap();
+    let overhead: u64 = resp
+        .header("x-router-overhead-us")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(overhead < 10_000_000);
 
     let sent = &up.requests()[0];
-    assert_eq!(sent.header("authorization"), None, "the client's key never goes upstream");
+    assert_eq!(
+        sent.header("authorization"),
+        None,
+        "the client's key never goes upstream"
+    );
     assert_eq!(sent.header("x-custom"), Some("kept"));
     assert_eq!(sent.json()["model"], "coder");
 
     let line = &router.log_lines(1)[0];
     for key in [
-        "ts_ms", "id", "provider", "requested_model", "sent_model", "duration_ms", "tags", "plugins", "system", "messages",
-        "response", "error", "trace_id", "status", "stream", "ttft_ms", "overhead_us", "input_tokens", "output_tokens",
-        "response_tags", "attempts",
+        "ts_ms",
+        "id",
+        "provider",
+        "requested_model",
+        "sent_model",
+        "duration_ms",
+        "tags",
+        "plugins",
+        "system",
+        "messages",
+        "response",
+        "error",
+        "trace_id",
+        "status",
+        "stream",
+        "ttft_ms",
+        "overhead_us",
+        "input_tokens",
+        "output_tokens",
+        "response_tags",
+        "attempts",
     ] {
         assert!(line.get(key).is_some(), "log line lacks {key}: {line}");
     }
@@ -124,14 +173,23 @@ rewrite_model = "coder"
 #[test]
 fn refusal_response_tag() {
     let up = Upstream::start();
-    up.push(json_reply(200, &completion("I cannot help with that request.")));
+    up.push(json_reply(
+        200,
+        &completion("I cannot help with that request."),
+    ));
     let router = Router::start(
         "refusal",
-        &basic_config(&up.base_url(), "[response_classifiers.refusal]\nenabled = true\n[[routers]]\ntype = \"fallback\"\n"),
+        &basic_config(
+            &up.base_url(),
+            "[response_classifiers.refusal]\nenabled = true\n[[routers]]\ntype = \"fallback\"\n",
+        ),
     );
     let resp = post(&router, "/v1/chat/completions", CHAT, &[]);
     assert_eq!(resp.header("x-router-response-tags"), Some("refusal"));
-    assert_eq!(router.log_lines(1)[0]["response_tags"], serde_json::json!(["refusal"]));
+    assert_eq!(
+        router.log_lines(1)[0]["response_tags"],
+        serde_json::json!(["refusal"])
+    );
 }
 
 #[test]
@@ -159,7 +217,12 @@ type = "fallback"
         up.base_url()
     );
     let router = Router::start_with_env("keys", &config, &[("OSR_TEST_KEY_A", "sk-provider")]);
-    let resp = post(&router, "/v1/chat/completions", CHAT, &[("x-api-key", "client")]);
+    let resp = post(
+        &router,
+        "/v1/chat/completions",
+        CHAT,
+        &[("x-api-key", "client")],
+    );
     assert_eq!(resp.status, 429);
     assert_eq!(resp.text(), err_body);
     let sent = &up.requests()[0];
@@ -176,16 +239,33 @@ fn streaming_relay_with_event_split_across_reads() {
     let e1 = chunk("Hel");
     let e2 = chunk("lo");
     let (e2a, e2b) = e2.split_at(30);
-    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let head =
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
     let c = |s: &str| format!("{:x}\r\n{s}\r\n", s.len()).into_bytes();
     up.push(Reply::Gated {
         first: vec![head, c(&e1), c(e2a)],
-        rest: vec![c(e2b), c(USAGE_CHUNK), c("data: [DONE]\n\n"), b"0\r\n\r\n".to_vec()],
+        rest: vec![
+            c(e2b),
+            c(USAGE_CHUNK),
+            c("data: [DONE]\n\n"),
+            b"0\r\n\r\n".to_vec(),
+        ],
     });
-    let router = Router::start("stream", &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n"));
+    let router = Router::start(
+        "stream",
+        &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n"),
+    );
     let body = r#"{"model":"gpt-x","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
     let mut s = router.connect();
-    s.write_all(format!("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     let mut r = Reader::new(s.try_clone().unwrap());
     // Read the head and the first events before the upstream sends the rest:
     // the router must flush what it has, not wait for a complete body.
@@ -213,14 +293,18 @@ fn streaming_relay_with_event_split_across_reads() {
     assert!(head.contains("content-type: text/event-stream"));
     assert!(head.contains("transfer-encoding: chunked"));
     assert!(head.contains("x-router-provider: up"));
-    assert!(!head.contains("x-router-input-tokens"), "usage is unknown when the head is sent");
+    assert!(
+        !head.contains("x-router-input-tokens"),
+        "usage is unknown when the head is sent"
+    );
     // De-chunk the body and compare with the upstream's event bytes.
     let mut body = Vec::new();
     drop(s);
     let mut raw = all[head_end + 4..].to_vec();
     while !raw.is_empty() {
         let line_end = raw.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).unwrap(), 16).unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).unwrap(), 16).unwrap();
         if size == 0 {
             break;
         }
@@ -240,10 +324,18 @@ fn streaming_relay_with_event_split_across_reads() {
 #[test]
 fn upstream_dying_mid_stream_ends_with_an_openai_error_event() {
     let up = Upstream::start();
-    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let head =
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
     let e1 = chunk("partial");
-    up.push(Reply::PiecesThenClose(vec![head, format!("{:x}\r\n{e1}\r\n", e1.len()).into_bytes()]));
-    let router = Router::start("truncated", &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n"));
+    up.push(Reply::PiecesThenClose(vec![
+        head,
+        format!("{:x}\r\n{e1}\r\n", e1.len()).into_bytes(),
+    ]));
+    let router = Router::start(
+        "truncated",
+        &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n"),
+    );
     let body = r#"{"model":"gpt-x","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let resp = post(&router, "/v1/chat/completions", body, &[]);
     assert_eq!(resp.status, 200);
@@ -251,22 +343,45 @@ fn upstream_dying_mid_stream_ends_with_an_openai_error_event() {
     assert!(text.starts_with(&e1), "{text}");
     assert!(!text.contains("[DONE]"), "never a fake [DONE]");
     let last = text.trim_end().rsplit("\n\n").next().unwrap();
-    let data: serde_json::Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    let data: serde_json::Value =
+        serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
     assert_eq!(data["error"]["type"], "upstream_error");
     assert!(data["error"]["message"].as_str().unwrap().contains("ended"));
     let line = &router.log_lines(1)[0];
-    assert!(line["error"].as_str().unwrap().starts_with("upstream_truncated"), "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("upstream_truncated"),
+        "{line}"
+    );
 }
 
 #[test]
 fn connect_failure_is_a_502_naming_provider_and_address() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let router = Router::start("refused", &basic_config(&format!("http://127.0.0.1:{port}/v1"), "[[routers]]\ntype = \"fallback\"\n"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let router = Router::start(
+        "refused",
+        &basic_config(
+            &format!("http://127.0.0.1:{port}/v1"),
+            "[[routers]]\ntype = \"fallback\"\n",
+        ),
+    );
     let resp = post(&router, "/v1/chat/completions", CHAT, &[]);
     assert_eq!(resp.status, 502);
-    let msg = resp.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(msg.contains("'up'") && msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
+    let msg = resp.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("'up'") && msg.contains(&format!("127.0.0.1:{port}")),
+        "{msg}"
+    );
     assert_eq!(resp.json()["error"]["code"], "upstream_connect_failed");
     assert_eq!(resp.header("x-router-provider"), Some("up"));
     let line = &router.log_lines(1)[0];
@@ -279,25 +394,45 @@ fn no_first_byte_in_time_is_a_504() {
     up.push(Reply::Hang);
     let router = Router::start(
         "timeout",
-        &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n").replace("workers = 1", "workers = 1\nfirst_byte_timeout_ms = 300"),
+        &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n")
+            .replace("workers = 1", "workers = 1\nfirst_byte_timeout_ms = 300"),
     );
     let resp = post(&router, "/v1/chat/completions", CHAT, &[]);
     assert_eq!(resp.status, 504);
     assert_eq!(resp.json()["error"]["code"], "upstream_timeout");
     // The abandoned upstream connection is closed, not pooled.
-    assert_eq!(up.closed_rx.recv_timeout(Duration::from_secs(10)).unwrap(), 0);
+    assert_eq!(
+        up.closed_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        0
+    );
 }
 
 #[test]
 fn client_disconnect_closes_the_upstream_connection() {
     let up = Upstream::start();
     up.push(Reply::Hang);
-    let router = Router::start("disconnect", &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n"));
+    let router = Router::start(
+        "disconnect",
+        &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n"),
+    );
     let mut s = router.connect();
-    s.write_all(format!("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{CHAT}", CHAT.len()).as_bytes()).unwrap();
-    wait_until("the upstream to receive the request", || !up.requests().is_empty());
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{CHAT}",
+            CHAT.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    wait_until("the upstream to receive the request", || {
+        !up.requests().is_empty()
+    });
     drop(s);
-    assert_eq!(up.closed_rx.recv_timeout(Duration::from_secs(10)).unwrap(), 0, "upstream connection closed");
+    assert_eq!(
+        up.closed_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        0,
+        "upstream connection closed"
+    );
     let line = &router.log_lines(1)[0];
     assert_eq!(line["status"], 499);
     assert!(line["error"].as_str().unwrap().starts_with("client_closed"));
@@ -306,13 +441,28 @@ fn client_disconnect_closes_the_upstream_connection() {
 #[test]
 fn client_disconnect_mid_stream_closes_the_upstream_connection() {
     let up = Upstream::start();
-    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let head =
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
     let e1 = chunk("one");
-    up.push(Reply::Gated { first: vec![head, format!("{:x}\r\n{e1}\r\n", e1.len()).into_bytes()], rest: vec![] });
-    let router = Router::start("disconnect-stream", &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n"));
+    up.push(Reply::Gated {
+        first: vec![head, format!("{:x}\r\n{e1}\r\n", e1.len()).into_bytes()],
+        rest: vec![],
+    });
+    let router = Router::start(
+        "disconnect-stream",
+        &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n"),
+    );
     let body = r#"{"model":"gpt-x","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let mut s = router.connect();
-    s.write_all(format!("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     let mut seen = Vec::new();
     let mut tmp = [0u8; 4096];
     while !String::from_utf8_lossy(&seen).contains("one") {
@@ -321,7 +471,10 @@ fn client_disconnect_mid_stream_closes_the_upstream_connection() {
         seen.extend_from_slice(&tmp[..n]);
     }
     drop(s);
-    assert_eq!(up.closed_rx.recv_timeout(Duration::from_secs(10)).unwrap(), 0);
+    assert_eq!(
+        up.closed_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        0
+    );
     let _ = up.release.send(());
     let line = &router.log_lines(1)[0];
     assert_eq!(line["status"], 499);
@@ -338,25 +491,48 @@ fn keep_alive_reuses_the_pooled_upstream_connection_and_retries_a_dead_one() {
     let third = completion("c");
     up.push(Reply::PiecesThenClose(vec![format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{third}", third.len()).into_bytes()]));
     up.push(json_reply(200, &completion("d")));
-    let router = Router::start("pool", &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n"));
+    let router = Router::start(
+        "pool",
+        &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n"),
+    );
     let mut s = router.connect();
-    let req = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{CHAT}", CHAT.len());
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{CHAT}",
+        CHAT.len()
+    );
     let mut r = Reader::new(s.try_clone().unwrap());
     let mut contents = Vec::new();
     for _ in 0..3 {
         s.write_all(req.as_bytes()).unwrap();
         let resp = r.response().unwrap();
         assert_eq!(resp.status, 200);
-        contents.push(resp.json()["choices"][0]["message"]["content"].as_str().unwrap().to_string());
+        contents.push(
+            resp.json()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     // The upstream's close of connection 0 must be seen before the next request
     // takes the pooled connection, so the retry path is exercised.
-    assert_eq!(up.closed_rx.recv_timeout(Duration::from_secs(10)).unwrap(), 0);
+    assert_eq!(
+        up.closed_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        0
+    );
     s.write_all(req.as_bytes()).unwrap();
     let resp = r.response().unwrap();
     assert_eq!(resp.status, 200, "{}", resp.text());
-    contents.push(resp.json()["choices"][0]["message"]["content"].as_str().unwrap().to_string());
+    contents.push(
+        resp.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
     assert_eq!(contents, ["a", "b", "c", "d"]);
     let conns: Vec<usize> = up.requests().iter().map(|r| r.conn).collect();
-    assert_eq!(conns, [0, 0, 0, 1], "three requests on one pooled connection, then a fresh one");
+    assert_eq!(
+        conns,
+        [0, 0, 0, 1],
+        "three requests on one pooled connection, then a fresh one"
+    );
 }

@@ -41,7 +41,7 @@ impl KeywordClassifier {
     /// The tag index used by [`TagSet`] is the position in `tags`.
     pub fn new(tags: &[(String, Vec<String>)]) -> Result<Self, String> {
         if u32::try_from(tags.len()).is_err() {
-            return Err("classifiers.keyword: too many tags".to_string());
+            return Err("too many tags".to_string());
         }
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut patterns: Vec<String> = Vec::new();
@@ -74,8 +74,8 @@ impl KeywordClassifier {
         offsets.push(0u32);
         for owners in &tags_of {
             pattern_tags.extend_from_slice(owners);
-            let end = u32::try_from(pattern_tags.len())
-                .map_err(|_| "classifiers.keyword: too many keywords".to_string())?;
+            let end =
+                u32::try_from(pattern_tags.len()).map_err(|_| "too many keywords".to_string())?;
             offsets.push(end);
         }
 
@@ -88,7 +88,7 @@ impl KeywordClassifier {
                 .match_kind(MatchKind::Standard)
                 .ascii_case_insensitive(true)
                 .build(&patterns)
-                .map_err(|e| format!("classifiers.keyword: cannot build the automaton: {e}"))?;
+                .map_err(|e| format!("cannot build the keyword automaton: {e}"))?;
             Some(built)
         };
 

@@ -108,12 +108,10 @@ impl RefusalClassifier {
             .ascii_case_insensitive(true)
             .prefilter(false)
             .build(&patterns)
-            .map_err(|e| {
-                format!("response_classifiers.refusal: cannot build the automaton: {e}")
-            })?;
+            .map_err(|e| format!("cannot build the phrase automaton: {e}"))?;
         let start = dfa
             .start_state(Anchored::No)
-            .map_err(|e| format!("response_classifiers.refusal: {e}"))?;
+            .map_err(|e| format!("phrase automaton: {e}"))?;
         Ok(Self {
             dfa: Some(dfa),
             start,

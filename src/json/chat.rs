@@ -76,7 +76,10 @@ const KEEP_BUFFERS_UP_TO: usize = 1 << 20;
 /// `scratch` is a reusable buffer that receives a padded copy of the body
 /// (`simd-json` unescapes strings in place); its content afterwards is
 /// unspecified. Errors name the offending field, e.g. "`model` must be a string".
-pub fn parse_chat_request(body: &[u8], scratch: &mut Vec<u8>) -> Result<ChatRequestInfo, JsonError> {
+pub fn parse_chat_request(
+    body: &[u8],
+    scratch: &mut Vec<u8>,
+) -> Result<ChatRequestInfo, JsonError> {
     let len = body.len();
     scratch.clear();
     // copy: simd-json parses in place; the client's bytes stay intact for forwarding
@@ -116,12 +119,18 @@ fn parse_error(body: &[u8], e: &simd_json::Error) -> JsonError {
         ErrorType::InvalidNumber | ErrorType::InvalidExponent | ErrorType::Overflow => {
             JsonError::invalid("invalid or out-of-range number")
         }
-        ErrorType::DepthLimitExceeded => JsonError::invalid(format_args!("nesting deeper than {MAX_DEPTH} levels")),
+        ErrorType::DepthLimitExceeded => {
+            JsonError::invalid(format_args!("nesting deeper than {MAX_DEPTH} levels"))
+        }
         _ => JsonError::invalid(e),
     }
 }
 
-fn extract(body: &[u8], root: &[Node<'_>], structurals: &[u32]) -> Result<ChatRequestInfo, JsonError> {
+fn extract(
+    body: &[u8],
+    root: &[Node<'_>],
+    structurals: &[u32],
+) -> Result<ChatRequestInfo, JsonError> {
     if !matches!(root.first(), Some(Node::Object { .. })) {
         return Err(JsonError("request body must be a JSON object".into()));
     }
@@ -157,9 +166,12 @@ fn extract(body: &[u8], root: &[Node<'_>], structurals: &[u32]) -> Result<ChatRe
         Some(_) => return Err(JsonError("`stream` must be a boolean".into())),
     };
     info.include_usage = stream_options.is_some_and(|o| {
-        members(o).any(|(k, v)| k == "include_usage" && first(v) == Some(&Node::Static(StaticNode::Bool(true))))
+        members(o).any(|(k, v)| {
+            k == "include_usage" && first(v) == Some(&Node::Static(StaticNode::Bool(true)))
+        })
     });
-    info.has_tools = tools.is_some_and(|t| matches!(first(t), Some(Node::Array { len, .. }) if *len > 0));
+    info.has_tools =
+        tools.is_some_and(|t| matches!(first(t), Some(Node::Array { len, .. }) if *len > 0));
     if let Some(p) = plugins {
         info.plugins = read_plugins(p)?;
     }
@@ -185,7 +197,9 @@ fn read_plugins(value: &[Node<'_>]) -> Result<Vec<PluginRequest>, JsonError> {
     let mut plugins = Vec::new();
     for (i, entry) in elements(value).enumerate() {
         if !matches!(first(entry), Some(Node::Object { .. })) {
-            return Err(JsonError(format!("`plugins[{i}]` must be an object with an `id`")));
+            return Err(JsonError(format!(
+                "`plugins[{i}]` must be an object with an `id`"
+            )));
         }
         let mut id = None;
         let mut settings = Map::new();
@@ -219,7 +233,10 @@ fn read_messages(messages: &[Node<'_>], info: &mut ChatRequestInfo) {
                 _ => {}
             }
         }
-        let system = matches!(role.and_then(first), Some(Node::String("system" | "developer")));
+        let system = matches!(
+            role.and_then(first),
+            Some(Node::String("system" | "developer"))
+        );
         let Some(content) = content else { continue };
         match first(content) {
             Some(Node::String(s)) => push_text(info, s, system),
@@ -234,7 +251,9 @@ fn read_messages(messages: &[Node<'_>], info: &mut ChatRequestInfo) {
                         }
                     }
                     match (kind, text) {
-                        ("text" | "input_text" | "output_text", Some(t)) => push_text(info, t, system),
+                        ("text" | "input_text" | "output_text", Some(t)) => {
+                            push_text(info, t, system)
+                        }
                         ("image_url" | "input_image", _) => info.has_images = true,
                         _ => {}
                     }
@@ -311,7 +330,11 @@ fn elements<'t, 'i>(value: &'t [Node<'i>]) -> impl Iterator<Item = &'t [Node<'i>
 fn to_value(value: &[Node<'_>]) -> Value {
     match first(value) {
         Some(Node::String(s)) => Value::String((*s).to_owned()),
-        Some(Node::Object { .. }) => Value::Object(members(value).map(|(k, v)| (k.to_owned(), to_value(v))).collect()),
+        Some(Node::Object { .. }) => Value::Object(
+            members(value)
+                .map(|(k, v)| (k.to_owned(), to_value(v)))
+                .collect(),
+        ),
         Some(Node::Array { .. }) => Value::Array(elements(value).map(to_value).collect()),
         Some(Node::Static(s)) => match *s {
             StaticNode::I64(i) => Value::from(i),
@@ -336,7 +359,9 @@ mod tests {
     }
 
     fn err(body: impl AsRef<[u8]>) -> String {
-        parse_chat_request(body.as_ref(), &mut Vec::new()).unwrap_err().0
+        parse_chat_request(body.as_ref(), &mut Vec::new())
+            .unwrap_err()
+            .0
     }
 
     #[test]
@@ -377,7 +402,13 @@ mod tests {
             Value::Object(info.plugins[0].settings.clone()),
             json!({"tier": "high", "n": [1, 2.5, -3, null, false]})
         );
-        assert_eq!(info.plugins[1], PluginRequest { id: "response-healing".into(), settings: Map::new() });
+        assert_eq!(
+            info.plugins[1],
+            PluginRequest {
+                id: "response-healing".into(),
+                settings: Map::new()
+            }
+        );
         let messages: Value = serde_json::from_str(&body[info.messages_json.clone()]).unwrap();
         assert_eq!(messages.as_array().map(Vec::len), Some(6));
         assert_eq!(info.top.members().len(), 7);
@@ -393,7 +424,8 @@ mod tests {
 
         let info = parse(r#"{"model":"m","messages":[],"stream":false,"stream_options":{"include_usage":false},"tools":[],"plugins":null}"#).unwrap();
         assert!(!info.stream && !info.include_usage && !info.has_tools);
-        let info = parse(r#"{"model":"m","messages":[],"stream":null,"stream_options":null}"#).unwrap();
+        let info =
+            parse(r#"{"model":"m","messages":[],"stream":null,"stream_options":null}"#).unwrap();
         assert!(!info.stream && !info.include_usage);
         // Odd message shapes are skipped, not rejected (the upstream validates the schema).
         let info = parse(r#"{"model":"m","messages":[1,"x",null,{"content":7},{"content":[1,{"type":"text"},{"text":"no type"}]}]}"#).unwrap();
@@ -402,7 +434,8 @@ mod tests {
 
     #[test]
     fn duplicate_keys_last_wins() {
-        let info = parse(r#"{"model":"a","messages":[],"model":"b","stream":true,"stream":false}"#).unwrap();
+        let info = parse(r#"{"model":"a","messages":[],"model":"b","stream":true,"stream":false}"#)
+            .unwrap();
         assert_eq!(info.model, "b");
         assert!(!info.stream);
     }
@@ -412,16 +445,43 @@ mod tests {
         let cases = [
             (r#"{"messages":[]}"#, "`model` is required"),
             (r#"{"model":7,"messages":[]}"#, "`model` must be a string"),
-            (r#"{"model":null,"messages":[]}"#, "`model` must be a string"),
+            (
+                r#"{"model":null,"messages":[]}"#,
+                "`model` must be a string",
+            ),
             (r#"{"model":"m"}"#, "`messages` is required"),
-            (r#"{"model":"m","messages":{}}"#, "`messages` must be an array"),
-            (r#"{"model":"m","messages":"hi"}"#, "`messages` must be an array"),
-            (r#"{"model":"m","messages":[],"stream":"true"}"#, "`stream` must be a boolean"),
-            (r#"{"model":"m","messages":[],"stream":1}"#, "`stream` must be a boolean"),
-            (r#"{"model":"m","messages":[],"plugins":{"id":"x"}}"#, "`plugins` must be an array"),
-            (r#"{"model":"m","messages":[],"plugins":["x"]}"#, "`plugins[0]` must be an object with an `id`"),
-            (r#"{"model":"m","messages":[],"plugins":[{"id":"a"},{"tier":"x"}]}"#, "`plugins[1].id` must be a string"),
-            (r#"{"model":"m","messages":[],"plugins":[{"id":3}]}"#, "`plugins[0].id` must be a string"),
+            (
+                r#"{"model":"m","messages":{}}"#,
+                "`messages` must be an array",
+            ),
+            (
+                r#"{"model":"m","messages":"hi"}"#,
+                "`messages` must be an array",
+            ),
+            (
+                r#"{"model":"m","messages":[],"stream":"true"}"#,
+                "`stream` must be a boolean",
+            ),
+            (
+                r#"{"model":"m","messages":[],"stream":1}"#,
+                "`stream` must be a boolean",
+            ),
+            (
+                r#"{"model":"m","messages":[],"plugins":{"id":"x"}}"#,
+                "`plugins` must be an array",
+            ),
+            (
+                r#"{"model":"m","messages":[],"plugins":["x"]}"#,
+                "`plugins[0]` must be an object with an `id`",
+            ),
+            (
+                r#"{"model":"m","messages":[],"plugins":[{"id":"a"},{"tier":"x"}]}"#,
+                "`plugins[1].id` must be a string",
+            ),
+            (
+                r#"{"model":"m","messages":[],"plugins":[{"id":3}]}"#,
+                "`plugins[0].id` must be a string",
+            ),
             ("[]", "request body must be a JSON object"),
             ("", "request body is not valid JSON: the body is empty"),
         ];
@@ -456,7 +516,11 @@ mod tests {
         // Past the structural pass, simd-json enforces the same depth.
         let nest = |levels: usize| {
             let inner = levels - 2;
-            format!(r#"{{"model":"m","messages":[{}{}]}}"#, "[".repeat(inner), "]".repeat(inner))
+            format!(
+                r#"{{"model":"m","messages":[{}{}]}}"#,
+                "[".repeat(inner),
+                "]".repeat(inner)
+            )
         };
         assert!(parse(&nest(128)).is_ok());
         invalid(nest(129).as_bytes());
@@ -471,7 +535,8 @@ mod tests {
         assert_eq!(info.texts().next().map(str::len), Some(10 << 20));
         // The same scratch (and this thread's buffers) serve the next, smaller body.
         for model in ["a", "bb", "c\\n"] {
-            let body = format!(r#"{{"model":"{model}","messages":[{{"role":"system","content":"s"}}]}}"#);
+            let body =
+                format!(r#"{{"model":"{model}","messages":[{{"role":"system","content":"s"}}]}}"#);
             let info = parse_chat_request(body.as_bytes(), &mut scratch).unwrap();
             assert_eq!(info.model, model.replace("\\n", "\n"));
             assert_eq!(info.system, "s");
@@ -491,6 +556,34 @@ mod tests {
             let info = parse(body).unwrap_or_else(|e| panic!("{body}: {e}"));
             assert_eq!(info.top, scan_top_level(body.as_bytes()).unwrap(), "{body}");
             assert_eq!(&body[info.messages_json.clone()][..1], "[");
+        }
+    }
+
+    /// `from_structurals` (the parse's token walk) and `scan_top_level` (the
+    /// byte walk) must agree on every span of any valid body.
+    #[test]
+    fn structural_walk_equals_byte_scan() {
+        let bodies = [
+            "{}",
+            " { } ",
+            r#"{"a":1}"#,
+            "{\n\t\"a\"\t:\r\n\"x\\\"y\" , \"b\":[ {\"c\":[[],{}]} ] ,\"c\" : -0.5e+3\n,\"d\":true,\"e\":false,\"f\":null}\n",
+            r#"{"":"","\\":"\\","\u00e9":{"\"":"}"},"x":"[{"}"#,
+            r#"{"dup":1,"dup":[2],"dup":{"3":3}}"#,
+            r#"{"s":"a string with \"quotes\", {braces} and [brackets]","n":12345678901234567890}"#,
+        ];
+        let mut scratch = Vec::new();
+        let mut buffers = Buffers::with_max_depth(0, MAX_DEPTH);
+        for body in bodies {
+            let b = body.as_bytes();
+            scratch.clear();
+            scratch.extend_from_slice(b);
+            scratch.resize(b.len() + INPUT_PADDING, b' ');
+            let mut tape = Tape::null();
+            fill_tape_padded(&mut scratch, b.len(), &mut buffers, &mut tape).unwrap();
+            let keys = members(&tape.0).map(|(k, _)| k);
+            let walked = from_structurals(b, buffers.structural_indexes(), keys);
+            assert_eq!(walked, Some(scan_top_level(b).unwrap()), "{body}");
         }
     }
 }

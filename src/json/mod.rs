@@ -9,13 +9,22 @@
 //! - [`parse_chat_request`] validates an OpenAI chat-completions body with
 //!   `simd-json` and extracts everything the pipeline needs (model, stream flag,
 //!   per-request plugins, message texts for the keyword classifier) into a
-//!   [`ChatRequestInfo`], without building a DOM.
+//!   [`ChatRequestInfo`], without building a DOM. It also returns the root's
+//!   member spans ([`ChatRequestInfo::top`]), read off `simd-json`'s structural
+//!   index, so a chat request needs no separate [`scan_top_level`].
 //! - [`write_json_string`] writes a JSON string literal; every hand-written JSON
 //!   in the crate (errors, log lines, mock replies) goes through it.
 //!
 //! Nesting is bounded by [`MAX_DEPTH`] in both passes, and neither recurses on
 //! the input, so hostile bodies (`[` × 100 000, lone surrogates, invalid UTF-8)
 //! end in a [`JsonError`], never in a stack overflow or a panic.
+//!
+//! Timing note (release build on this 2-core box, best of 20 runs, no
+//! criterion): `parse_chat_request` takes ~0.37 µs for a 207-byte chat request,
+//! ~10 µs for a 45 KB agent-style request with few escapes and ~26 µs for a
+//! 50 KB one dense with `\n`/`\"` (the `simd-json` tape is ~90% of it);
+//! `scan_top_level` runs at 2.5–15 GB/s depending on escape density;
+//! `splice_request` is a few `memcpy`s (~0.4 µs for 50 KB).
 //!
 //! # Files
 //!
@@ -97,10 +106,10 @@ pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
 /// ~9 and ~5.5 for the portable eight-byte version (measured here).
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 pub(crate) fn find_byte2(hay: &[u8], a: u8, b: u8) -> Option<usize> {
-    use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8};
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
     let (blocks, tail) = hay.as_chunks::<16>();
-    let mut padded = [0u8; 16];
-    padded[..tail.len()].copy_from_slice(tail);
     // SAFETY: SSE2 is enabled for this target (the `cfg` above), and each load
     // reads exactly the 16 bytes of a `[u8; 16]` (unaligned loads are allowed).
     unsafe {
@@ -116,6 +125,8 @@ pub(crate) fn find_byte2(hay: &[u8], a: u8, b: u8) -> Option<usize> {
             }
         }
         // The last 0..16 bytes, zero-padded; hits in the padding are masked off.
+        let mut padded = [0u8; 16];
+        padded[..tail.len()].copy_from_slice(tail);
         let hit = hits(&padded) & ((1u32 << tail.len()) - 1);
         (hit != 0).then(|| blocks.len() * 16 + hit.trailing_zeros() as usize)
     }
@@ -183,11 +194,18 @@ mod tests {
                 let h = &hay[start..];
                 let want = h.iter().position(|&c| c == a || c == b);
                 assert_eq!(find_byte2(h, a, b), want, "start {start} a {a} b {b}");
-                assert_eq!(find_byte2_swar(h, a, b), want, "swar: start {start} a {a} b {b}");
+                assert_eq!(
+                    find_byte2_swar(h, a, b),
+                    want,
+                    "swar: start {start} a {a} b {b}"
+                );
             }
         }
         assert_eq!(find_byte2(b"", b'a', b'b'), None);
-        assert_eq!(find_byte2(b"\x01\x01\x01\x01\x01\x01\x01\x00", 0, 0), Some(7));
+        assert_eq!(
+            find_byte2(b"\x01\x01\x01\x01\x01\x01\x01\x00", 0, 0),
+            Some(7)
+        );
         assert_eq!(find_byte2(b"\x00\x01", 1, 1), Some(1));
         for len in 0..40 {
             let zeros = vec![0u8; len];

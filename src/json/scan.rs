@@ -107,19 +107,25 @@ pub(crate) fn skip_value(body: &[u8], at: usize) -> Result<usize, JsonError> {
 pub(crate) fn key_text<'b>(body: &'b [u8], key: &RawKey) -> Option<Cow<'b, str>> {
     if key.escaped {
         let quoted = body.get(key.span.start.checked_sub(1)?..key.span.end + 1)?;
-        serde_json::from_slice::<String>(quoted).ok().map(Cow::Owned)
+        serde_json::from_slice::<String>(quoted)
+            .ok()
+            .map(Cow::Owned)
     } else {
-        std::str::from_utf8(body.get(key.span.clone())?).ok().map(Cow::Borrowed)
+        std::str::from_utf8(body.get(key.span.clone())?)
+            .ok()
+            .map(Cow::Borrowed)
     }
 }
 
 /// Whether the member's key is `name` (escapes resolved).
+#[inline]
 pub(crate) fn key_is(body: &[u8], key: &RawKey, name: &str) -> bool {
     if key.escaped {
-        key_text(body, key).is_some_and(|k| k == name)
-    } else {
-        body.get(key.span.clone()) == Some(name.as_bytes())
+        return key_text(body, key).is_some_and(|k| k == name);
     }
+    // Keys are short: a byte loop beats a `memcmp` call.
+    let raw = body.get(key.span.clone()).unwrap_or_default();
+    raw.len() == name.len() && raw.iter().zip(name.as_bytes()).all(|(x, y)| x == y)
 }
 
 /// A string value (`raw` with its quotes) as text: borrowed when it has no
@@ -143,10 +149,12 @@ struct Scanner<'a> {
 }
 
 impl Scanner<'_> {
+    #[inline]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
+    #[inline]
     fn skip_ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
             self.i += 1;
@@ -172,6 +180,7 @@ impl Scanner<'_> {
 
     /// `self.i` is at an opening quote. Returns the index of the closing quote
     /// (and whether the string holds escapes); `self.i` moves past it.
+    #[inline]
     fn string(&mut self) -> Result<(usize, bool), JsonError> {
         let start = self.i;
         let mut j = self.i + 1;
@@ -198,7 +207,8 @@ impl Scanner<'_> {
         }
     }
 
-    /// Skip one value of the root object (`self.i` at its first byte).
+    /// Skip one value (`self.i` at its first byte).
+    #[inline]
     fn value(&mut self) -> Result<(), JsonError> {
         match self.peek() {
             Some(b'"') => self.string().map(drop),
@@ -219,9 +229,18 @@ impl Scanner<'_> {
         }
         let token = self.b.get(start..self.i).unwrap_or_default();
         let ok = match token.first() {
-            Some(b'-' | b'0'..=b'9') => token
-                .iter()
-                .all(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')),
+            // Shape only (a digit first, after an optional sign); the exact
+            // number grammar is the validating parser's job.
+            Some(b'-' | b'0'..=b'9') => {
+                token
+                    .strip_prefix(b"-")
+                    .unwrap_or(token)
+                    .first()
+                    .is_some_and(u8::is_ascii_digit)
+                    && token
+                        .iter()
+                        .all(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+            }
             _ => matches!(token, b"true" | b"false" | b"null"),
         };
         if ok {
@@ -234,8 +253,12 @@ impl Scanner<'_> {
 
     /// Skip a nested object or array without recursion: a depth counter and a
     /// bit per level (set = array) to check that closers match openers.
+    ///
+    /// Levels count from the object or array holding the value (level 1), so a
+    /// member of the root object gets exactly `simd-json`'s bound; a walk that
+    /// starts deeper gets the same bound relative to where it is.
     fn nested(&mut self) -> Result<(), JsonError> {
-        // The root object is level 1; `kinds` bit k describes level k + 2.
+        // `kinds` bit k describes level k + 2.
         let mut depth = 1usize;
         let mut kinds: u128 = 0;
         loop {
@@ -280,3 +303,125 @@ impl Scanner<'_> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collect `(key, value)` of an object, descending into nothing.
+    fn members(body: &str) -> Result<Vec<(String, String)>, JsonError> {
+        let b = body.as_bytes();
+        let mut out = Vec::new();
+        let start = body.find('{').unwrap_or(0);
+        walk_object(b, start, |key, at| {
+            let end = skip_value(b, at)?;
+            out.push((
+                key_text(b, &key).unwrap().into_owned(),
+                body[at..end].to_string(),
+            ));
+            Ok(end)
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn walks_members_and_elements() {
+        let got = members(r#" { "a" : 1 , "b\"":[{"x":"]"}, "}"], "c":{} ,"d":null}"#).unwrap();
+        let want = [
+            ("a", "1"),
+            ("b\"", r#"[{"x":"]"}, "}"]"#),
+            ("c", "{}"),
+            ("d", "null"),
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(members("{}").unwrap(), []);
+
+        let b = br#"[1, "two" ,[3],{"four":4}]"#;
+        let mut elements = Vec::new();
+        let end = walk_array(b, 0, |at| {
+            let end = skip_value(b, at)?;
+            elements.push(String::from_utf8(b[at..end].to_vec()).unwrap());
+            Ok(end)
+        })
+        .unwrap();
+        assert_eq!(end, b.len());
+        assert_eq!(elements, ["1", "\"two\"", "[3]", r#"{"four":4}"#]);
+        assert_eq!(walk_array(b"[ ]", 0, |_| unreachable!()).unwrap(), 3);
+    }
+
+    #[test]
+    fn descending_reads_each_byte_once() {
+        // A callback that reads the value itself returns where it ended.
+        let b = br#"{"outer":{"inner":[1,2]},"after":true}"#;
+        let mut seen = Vec::new();
+        walk_object(b, 0, |key, at| {
+            if key_is(b, &key, "outer") {
+                walk_object(b, at, |inner, at| {
+                    seen.push(key_text(b, &inner).unwrap().into_owned());
+                    skip_value(b, at)
+                })
+            } else {
+                seen.push(key_text(b, &key).unwrap().into_owned());
+                skip_value(b, at)
+            }
+        })
+        .unwrap();
+        assert_eq!(seen, ["inner", "after"]);
+        // A callback that claims to end before it started is an error, not a loop.
+        assert!(walk_object(b, 0, |_, at| Ok(at)).is_err());
+        assert!(walk_object(b, 0, |_, _| Ok(usize::MAX)).is_err());
+    }
+
+    #[test]
+    fn walk_errors() {
+        for body in [
+            r#"{"a" 1}"#,
+            r#"{"a":1"#,
+            r#"{"a":1,}"#,
+            r#"{"a":[1}"#,
+            r#"{1:2}"#,
+            "[1,2",
+            "",
+            r#"{"a":-}"#,
+            r#"{"a":-x}"#,
+        ] {
+            let b = body.as_bytes();
+            let result = match b.first() {
+                Some(b'[') => walk_array(b, 0, |at| skip_value(b, at)),
+                _ => walk_object(b, 0, |_, at| skip_value(b, at)),
+            };
+            assert!(result.is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn keys_and_scalars() {
+        let b = br#"{"mod\u0065l":1,"plain":2}"#;
+        let mut keys = Vec::new();
+        walk_object(b, 0, |key, at| {
+            keys.push((
+                key_is(b, &key, "model"),
+                key_is(b, &key, "plain"),
+                key.escaped,
+            ));
+            skip_value(b, at)
+        })
+        .unwrap();
+        assert_eq!(keys, [(true, false, true), (false, true, false)]);
+
+        assert_eq!(string_value(br#""abc""#), Some(Cow::Borrowed("abc")));
+        assert_eq!(string_value(br#""a\nb\u00e9""#).as_deref(), Some("a\nbé"));
+        assert!(matches!(string_value(br#""a\nb""#), Some(Cow::Owned(_))));
+        assert_eq!(string_value(br#""\ud800""#), None);
+        assert_eq!(string_value(b"\"\xff\""), None);
+        assert_eq!(string_value(b"12"), None);
+        assert_eq!(string_value(b"\""), None);
+        assert_eq!(u64_value(b"12"), Some(12));
+        assert_eq!(u64_value(b"12.0"), None);
+        assert_eq!(u64_value(b"-1"), None);
+        assert_eq!(u64_value(b"18446744073709551616"), None);
+    }
+}

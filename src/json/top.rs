@@ -33,7 +33,10 @@ impl TopLevel {
     /// The member named `key`; the last one when the key is duplicated (what
     /// `simd-json`, `serde_json` maps and most upstreams do).
     pub fn get(&self, key: &str) -> Option<&Member> {
-        self.members.iter().rev().find(|m| self.name(m) == key.as_bytes())
+        self.members
+            .iter()
+            .rev()
+            .find(|m| self.name(m) == key.as_bytes())
     }
 
     /// Every member, in document order.
@@ -51,11 +54,13 @@ impl TopLevel {
 ///
 /// The root must be an object; its keys, colons, commas and scalar values are
 /// checked, nested objects and arrays are skipped by depth (bracket kinds
-/// matched, depth bounded by [`MAX_DEPTH`]) and strings are skipped to their
+/// matched, depth bounded by [`MAX_DEPTH`](super::MAX_DEPTH)) and strings are skipped to their
 /// closing quote. String contents, UTF-8 and numbers are not validated: that is
 /// [`parse_chat_request`](super::parse_chat_request)'s job.
 pub fn scan_top_level(body: &[u8]) -> Result<TopLevel, JsonError> {
-    let start = body.iter().position(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t'));
+    let start = body
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t'));
     match start.map(|i| (i, body[i])) {
         Some((_, b'{')) => {}
         None => return Err(JsonError::invalid("the body is empty")),
@@ -68,7 +73,9 @@ pub fn scan_top_level(body: &[u8]) -> Result<TopLevel, JsonError> {
             Some(k) => top.names.extend_from_slice(k.as_bytes()),
             None => {
                 let at = key.span.start - 1;
-                return Err(JsonError::invalid(format_args!("invalid object key at byte {at}")));
+                return Err(JsonError::invalid(format_args!(
+                    "invalid object key at byte {at}"
+                )));
             }
         }
         let value_end = skip_value(body, value_start)?;
@@ -81,7 +88,10 @@ pub fn scan_top_level(body: &[u8]) -> Result<TopLevel, JsonError> {
         Ok(value_end)
     })?;
     let trailing = body.get(end..).unwrap_or_default();
-    if let Some(off) = trailing.iter().position(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t')) {
+    if let Some(off) = trailing
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t'))
+    {
         return Err(JsonError::invalid(format_args!(
             "unexpected characters after the JSON object at byte {}",
             end + off
@@ -116,7 +126,12 @@ pub(super) fn from_structurals<'k>(
         }
         let colon = it.next()?;
         // The key's closing quote is the last quote before the colon.
-        let key_end = key_start + 1 + body.get(key_start + 1..colon)?.iter().rposition(|&c| c == b'"')?;
+        let key_end = key_start
+            + 1
+            + body
+                .get(key_start + 1..colon)?
+                .iter()
+                .rposition(|&c| c == b'"')?;
         let value_start = it.next()?;
         let mut value_end = None;
         if let b'{' | b'[' = at(value_start)? {
@@ -137,7 +152,11 @@ pub(super) fn from_structurals<'k>(
             Some(end) => end,
             None => {
                 let between = body.get(value_start..separator)?;
-                value_start + between.iter().rposition(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t'))? + 1
+                value_start
+                    + between
+                        .iter()
+                        .rposition(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t'))?
+                    + 1
             }
         };
         let name_start = top.names.len();
@@ -186,7 +205,9 @@ pub fn splice_request(body: &[u8], top: &TopLevel, new_model: Option<&str>, out:
             // removed members then tile without overlapping.
             let cut = match (last_kept, members.get(i + 1), i.checked_sub(1)) {
                 (Some(k), Some(next), _) if k > i => m.member.start..next.member.start,
-                (_, _, Some(p)) => members.get(p).map_or(m.member.start, |p| p.member.end)..m.member.end,
+                (_, _, Some(p)) => {
+                    members.get(p).map_or(m.member.start, |p| p.member.end)..m.member.end
+                }
                 _ => m.member.clone(),
             };
             copy_to(out, &mut pos, cut.start);
@@ -218,17 +239,37 @@ mod tests {
     fn splice_is_byte_exact() {
         let cases: &[(&str, Option<&str>, &str)] = &[
             // model first / last / middle
-            (r#"{"model":"a","messages":[]}"#, Some("b"), r#"{"model":"b","messages":[]}"#),
-            (r#"{"messages":[],"model":"a"}"#, Some("b"), r#"{"messages":[],"model":"b"}"#),
+            (
+                r#"{"model":"a","messages":[]}"#,
+                Some("b"),
+                r#"{"model":"b","messages":[]}"#,
+            ),
+            (
+                r#"{"messages":[],"model":"a"}"#,
+                Some("b"),
+                r#"{"messages":[],"model":"b"}"#,
+            ),
             (
                 "{ \"x\" : 1 ,\n  \"model\" :  \"a\" ,\n \"y\":2 }",
                 Some("gpt-4o"),
                 "{ \"x\" : 1 ,\n  \"model\" :  \"gpt-4o\" ,\n \"y\":2 }",
             ),
             // plugins first / last / middle / only member
-            (r#"{"plugins":[{"id":"p"}], "model":"a"}"#, Some("b"), r#"{"model":"b"}"#),
-            ("{\"model\":\"a\",\n  \"plugins\": []\n}", Some("b"), "{\"model\":\"b\"\n}"),
-            (r#"{"a":1, "plugins":{"x":[1,2]}, "b":2}"#, None, r#"{"a":1, "b":2}"#),
+            (
+                r#"{"plugins":[{"id":"p"}], "model":"a"}"#,
+                Some("b"),
+                r#"{"model":"b"}"#,
+            ),
+            (
+                "{\"model\":\"a\",\n  \"plugins\": []\n}",
+                Some("b"),
+                "{\"model\":\"b\"\n}",
+            ),
+            (
+                r#"{"a":1, "plugins":{"x":[1,2]}, "b":2}"#,
+                None,
+                r#"{"a":1, "b":2}"#,
+            ),
             ("{ \"plugins\": [] }", None, "{  }"),
             ("{\"plugins\":[]}", Some("m"), "{}"),
             // whitespace and newlines around commas survive
@@ -248,10 +289,18 @@ mod tests {
             (r#"{"a":0,"plugins":1,"plugins":2}"#, None, r#"{"a":0}"#),
             (r#"{"plugins":1,"a":0,"plugins":2}"#, None, r#"{"a":0}"#),
             // escapes and unicode in the new model; odd old values
-            (r#"{"model":"a"}"#, Some("q\"uote/ünï\n🦀"), r#"{"model":"q\"uote/ünï\n🦀"}"#),
+            (
+                r#"{"model":"a"}"#,
+                Some("q\"uote/ünï\n🦀"),
+                r#"{"model":"q\"uote/ünï\n🦀"}"#,
+            ),
             (r#"{"model":"a\"b\\"}"#, Some("x"), r#"{"model":"x"}"#),
             (r#"{"model":42}"#, Some("x"), r#"{"model":"x"}"#),
-            (r#"{"model":{"nested":"model"}}"#, Some("x"), r#"{"model":"x"}"#),
+            (
+                r#"{"model":{"nested":"model"}}"#,
+                Some("x"),
+                r#"{"model":"x"}"#,
+            ),
             // nested `model` / `plugins` keys, and look-alikes in strings, stay
             (
                 r#"{"messages":[{"model":"m","plugins":[],"content":"\"model\":\"a\""}],"model":"a"}"#,
@@ -259,9 +308,17 @@ mod tests {
                 r#"{"messages":[{"model":"m","plugins":[],"content":"\"model\":\"a\""}],"model":"b"}"#,
             ),
             // escaped keys are the same keys
-            (r#"{"mod\u0065l":"a","plugin\u0073":[]}"#, Some("b"), r#"{"mod\u0065l":"b"}"#),
+            (
+                r#"{"mod\u0065l":"a","plugin\u0073":[]}"#,
+                Some("b"),
+                r#"{"mod\u0065l":"b"}"#,
+            ),
             // nothing to do: identical bytes
-            (r#"{"model":"a", "unknown":{"x":[1,2.5e3,true,null]}}"#, None, r#"{"model":"a", "unknown":{"x":[1,2.5e3,true,null]}}"#),
+            (
+                r#"{"model":"a", "unknown":{"x":[1,2.5e3,true,null]}}"#,
+                None,
+                r#"{"model":"a", "unknown":{"x":[1,2.5e3,true,null]}}"#,
+            ),
             (" {}\n", Some("x"), " {}\n"),
         ];
         for (body, model, want) in cases {
@@ -292,10 +349,10 @@ mod tests {
                 let mut want: Value = serde_json::from_str(body).unwrap();
                 let obj = want.as_object_mut().unwrap();
                 obj.remove("plugins");
-                if let Some(m) = model {
-                    if obj.contains_key("model") {
-                        obj.insert("model".into(), Value::from(m));
-                    }
+                if let Some(m) = model
+                    && obj.contains_key("model")
+                {
+                    obj.insert("model".into(), Value::from(m));
                 }
                 assert_eq!(got, want, "body {body:?} model {model:?}");
             }
@@ -359,22 +416,70 @@ mod tests {
             (b"  \n", "request body is not valid JSON: the body is empty"),
             (b"[]", "request body must be a JSON object"),
             (b"\"model\"", "request body must be a JSON object"),
-            (b"{", "request body is not valid JSON: expected an object key, found the end of the body"),
-            (br#"{"a"}"#, "request body is not valid JSON: expected ':' after an object key at byte 4"),
-            (br#"{"a":}"#, "request body is not valid JSON: expected a value at byte 5"),
-            (br#"{"a":1,}"#, "request body is not valid JSON: expected an object key at byte 7"),
-            (br#"{"a":1} x"#, "request body is not valid JSON: unexpected characters after the JSON object at byte 8"),
-            (br#"{"a":1}{}"#, "request body is not valid JSON: unexpected characters after the JSON object at byte 7"),
-            (br#"{"a":[}"#, "request body is not valid JSON: mismatched closing bracket at byte 6"),
-            (br#"{"a":{]}"#, "request body is not valid JSON: mismatched closing bracket at byte 6"),
-            (br#"{"a":[1"#, "request body is not valid JSON: unclosed object or array, found the end of the body"),
-            (br#"{"a":"x"#, "request body is not valid JSON: unterminated string starting at byte 5"),
-            (br#"{"a":"x\"}"#, "request body is not valid JSON: unterminated string starting at byte 5"),
-            (br#"{"a\"#, "request body is not valid JSON: unterminated string starting at byte 1"),
-            (br#"{"a":tru}"#, "request body is not valid JSON: invalid literal at byte 5"),
-            (br#"{"a":1x}"#, "request body is not valid JSON: invalid literal at byte 5"),
-            (br#"{"a":1 "b":2}"#, "request body is not valid JSON: expected ',' or '}' after an object member at byte 7"),
-            (br#"{a:1}"#, "request body is not valid JSON: expected an object key at byte 1"),
+            (
+                b"{",
+                "request body is not valid JSON: expected an object key, found the end of the body",
+            ),
+            (
+                br#"{"a"}"#,
+                "request body is not valid JSON: expected ':' after an object key at byte 4",
+            ),
+            (
+                br#"{"a":}"#,
+                "request body is not valid JSON: expected a value at byte 5",
+            ),
+            (
+                br#"{"a":1,}"#,
+                "request body is not valid JSON: expected an object key at byte 7",
+            ),
+            (
+                br#"{"a":1} x"#,
+                "request body is not valid JSON: unexpected characters after the JSON object at byte 8",
+            ),
+            (
+                br#"{"a":1}{}"#,
+                "request body is not valid JSON: unexpected characters after the JSON object at byte 7",
+            ),
+            (
+                br#"{"a":[}"#,
+                "request body is not valid JSON: mismatched closing bracket at byte 6",
+            ),
+            (
+                br#"{"a":{]}"#,
+                "request body is not valid JSON: mismatched closing bracket at byte 6",
+            ),
+            (
+                br#"{"a":[1"#,
+                "request body is not valid JSON: unclosed object or array, found the end of the body",
+            ),
+            (
+                br#"{"a":"x"#,
+                "request body is not valid JSON: unterminated string starting at byte 5",
+            ),
+            (
+                br#"{"a":"x\"}"#,
+                "request body is not valid JSON: unterminated string starting at byte 5",
+            ),
+            (
+                br#"{"a\"#,
+                "request body is not valid JSON: unterminated string starting at byte 1",
+            ),
+            (
+                br#"{"a":tru}"#,
+                "request body is not valid JSON: invalid literal at byte 5",
+            ),
+            (
+                br#"{"a":1x}"#,
+                "request body is not valid JSON: invalid literal at byte 5",
+            ),
+            (
+                br#"{"a":1 "b":2}"#,
+                "request body is not valid JSON: expected ',' or '}' after an object member at byte 7",
+            ),
+            (
+                br#"{a:1}"#,
+                "request body is not valid JSON: expected an object key at byte 1",
+            ),
         ];
         for (body, want) in cases {
             let got = scan_top_level(body).unwrap_err();

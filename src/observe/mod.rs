@@ -227,7 +227,10 @@ mod tests {
                 assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n");
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "log lines not written");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "log lines not written"
+            );
             std::thread::yield_now();
         }
         let _ = std::fs::remove_dir_all(&dir);

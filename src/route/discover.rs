@@ -367,6 +367,7 @@ mod tests {
         p.host = "127.0.0.1".to_string();
         p.port = port;
         p.host_header = format!("127.0.0.1:{port}");
+        p.base_path = String::new();
         p
     }
 
@@ -382,10 +383,10 @@ mod tests {
             if line == "\r\n" || line.is_empty() {
                 break;
             }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    len = value.trim().parse().unwrap();
-                }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                len = value.trim().parse().unwrap();
             }
         }
         let mut body = vec![0; len];
@@ -396,16 +397,19 @@ mod tests {
         )
     }
 
-    /// A fake Ollama answering `requests` requests, then exiting.
-    fn fake_ollama(requests: usize) -> (u16, thread::JoinHandle<Vec<String>>) {
+    /// A fake Ollama; it answers until [`stop`] and returns the requests seen.
+    fn fake_ollama() -> (u16, thread::JoinHandle<Vec<String>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let handle = thread::spawn(move || {
             let mut seen = Vec::new();
-            for _ in 0..requests {
+            loop {
                 let (mut stream, _) = listener.accept().unwrap();
                 let (line, body) = read_request(&stream);
-                let response = if line == "GET /api/tags HTTP/1.1" {
+                if line.starts_with("STOP") {
+                    return seen;
+                }
+                let response = if line == "GET /proxy/api/tags HTTP/1.1" {
                     // Chunked, split inside the JSON, with an extension and a trailer.
                     let json = r#"{"models":[{"name":"llava:latest","model":"llava:latest"},{"name":"qwen3:8b"},{"name":"old:1b"},{"name":"broken"},{"name":"never"}]}"#;
                     let (a, b) = json.split_at(20);
@@ -415,7 +419,7 @@ mod tests {
                         a.len(),
                         b.len()
                     )
-                } else if line == "POST /api/show HTTP/1.1" {
+                } else if line == "POST /proxy/api/show HTTP/1.1" {
                     let req: Value = serde_json::from_str(&body).unwrap();
                     let model = req["model"].as_str().unwrap().to_string();
                     let json = match model.as_str() {
@@ -439,22 +443,29 @@ mod tests {
                 seen.push(format!("{line} {body}"));
                 stream.write_all(response.as_bytes()).unwrap();
             }
-            seen
         });
         (port, handle)
+    }
+
+    fn stop(port: u16, server: thread::JoinHandle<Vec<String>>) -> Vec<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.write_all(b"STOP / HTTP/1.1\r\n\r\n").unwrap();
+        server.join().unwrap()
     }
 
     #[test]
     fn discovers_models_and_capabilities() {
         // tags + show for llava, qwen3, old, broken (fails; "never" is not asked).
-        let (port, server) = fake_ollama(5);
-        let providers = vec![provider("cloud", 1.0, 1.0), ollama("ollama", port)];
+        let (port, server) = fake_ollama();
+        let mut behind_proxy = ollama("ollama", port);
+        behind_proxy.base_path = "/proxy".to_string();
+        let providers = vec![provider("cloud", 1.0, 1.0), behind_proxy];
         let rules = vec![
             Rule::Discover { provider: 1 },
             Rule::Discover { provider: 1 },
         ];
         let (d, warnings) = discover_providers(&providers, &rules, SECOND);
-        let seen = server.join().unwrap();
+        let seen = stop(port, server);
 
         assert_eq!(
             d.models(1),
@@ -475,10 +486,10 @@ mod tests {
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("'ollama'") && warnings[0].contains("'broken'"));
         assert!(warnings[0].contains("HTTP 500: boom"), "{}", warnings[0]);
-        assert_eq!(seen[0], "GET /api/tags HTTP/1.1 ");
+        assert_eq!(seen[0], "GET /proxy/api/tags HTTP/1.1 ");
         assert_eq!(
             seen[1],
-            r#"POST /api/show HTTP/1.1 {"model":"llava:latest"}"#
+            r#"POST /proxy/api/show HTTP/1.1 {"model":"llava:latest"}"#
         );
         assert_eq!(seen.len(), 5);
     }

@@ -16,7 +16,9 @@ use super::Core;
 use super::pipeline::{self, Ctx};
 use super::watch::{ClientWatch, read_append};
 use crate::error::{ApiFamily, RouterError};
-use crate::http::{self, BodyFraming, ChunkedDecoder, HeadLimits, ParseStatus, RequestHead, Version};
+use crate::http::{
+    self, BodyFraming, ChunkedDecoder, HeadLimits, ParseStatus, RequestHead, Version,
+};
 
 /// Buffer capacity kept by an idle keep-alive connection; larger buffers
 /// (after a big request) are shrunk back to this.
@@ -56,7 +58,9 @@ impl ClientConn {
     /// Take the disconnect watch, created on first use (one `dup` per
     /// connection); give it back with [`ClientConn::put_watch`].
     pub fn take_watch(&mut self) -> Option<ClientWatch> {
-        self.watch.take().or_else(|| ClientWatch::new(&self.stream).ok())
+        self.watch
+            .take()
+            .or_else(|| ClientWatch::new(&self.stream).ok())
     }
 
     pub fn put_watch(&mut self, watch: Option<ClientWatch>) {
@@ -93,7 +97,10 @@ pub enum Next {
 /// Serve one client connection until it closes, errs or times out.
 pub async fn serve(stream: TcpStream, core: Rc<Core>) {
     let server = &core.snap.config.server;
-    let limits = HeadLimits { max_head_bytes: server.max_head_bytes, max_headers: 100 };
+    let limits = HeadLimits {
+        max_head_bytes: server.max_head_bytes,
+        max_headers: 100,
+    };
     let idle_timeout = Duration::from_millis(server.idle_timeout_ms);
     let header_timeout = Duration::from_millis(server.header_timeout_ms);
     let mut conn = ClientConn {
@@ -152,8 +159,11 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
             BodyFraming::None => consumed = head.head_len,
             BodyFraming::ContentLength(n) => {
                 if n > max_body as u64 {
-                    let err = RouterError::framing(413, "request body is larger than the configured limit")
-                        .with_code("request_too_large");
+                    let err = RouterError::framing(
+                        413,
+                        "request body is larger than the configured limit",
+                    )
+                    .with_code("request_too_large");
                     reject(&core, &mut conn, &buf, err).await;
                     return;
                 }
@@ -166,11 +176,17 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
                 let need = head.head_len + n as usize;
                 while buf.len() < need {
                     let spare = (need - buf.len()).min(1 << 20);
-                    match monoio::time::timeout(header_timeout, read_append(&mut conn.stream, buf, spare)).await {
+                    match monoio::time::timeout(
+                        header_timeout,
+                        read_append(&mut conn.stream, buf, spare),
+                    )
+                    .await
+                    {
                         Ok((Ok(0), _)) | Ok((Err(_), _)) => return,
                         Ok((Ok(_), b)) => buf = b,
                         Err(_) => {
-                            let err = RouterError::framing(408, "request body not received in time");
+                            let err =
+                                RouterError::framing(408, "request body not received in time");
                             reject(&core, &mut conn, &[], err).await;
                             return;
                         }
@@ -205,8 +221,11 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
                     }
                     pos += used;
                     if body.len() > max_body {
-                        let err = RouterError::framing(413, "request body is larger than the configured limit")
-                            .with_code("request_too_large");
+                        let err = RouterError::framing(
+                            413,
+                            "request body is larger than the configured limit",
+                        )
+                        .with_code("request_too_large");
                         reject(&core, &mut conn, &buf, err).await;
                         return;
                     }
@@ -216,11 +235,17 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
                     // Keep only the undecoded tail so the buffer does not grow with the body.
                     buf.drain(head.head_len..pos);
                     pos = head.head_len;
-                    match monoio::time::timeout(header_timeout, read_append(&mut conn.stream, buf, 16 * 1024)).await {
+                    match monoio::time::timeout(
+                        header_timeout,
+                        read_append(&mut conn.stream, buf, 16 * 1024),
+                    )
+                    .await
+                    {
                         Ok((Ok(0), _)) | Ok((Err(_), _)) => return,
                         Ok((Ok(_), b)) => buf = b,
                         Err(_) => {
-                            let err = RouterError::framing(408, "request body not received in time");
+                            let err =
+                                RouterError::framing(408, "request body not received in time");
                             reject(&core, &mut conn, &[], err).await;
                             return;
                         }
@@ -269,11 +294,10 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
 /// log it, and let the caller close the connection.
 async fn reject(core: &Core, conn: &mut ClientConn, buf: &[u8], err: RouterError) {
     let ts_ms = crate::observe::now_ms();
-    let mut ctx = Ctx::new(core, ts_ms, Instant::now(), "", "");
     // Best effort: name the path of a head that parsed far enough to have one.
     let path = first_line_path(buf);
-    ctx.path = path;
-    let family = family_for(&ctx.path);
+    let mut ctx = Ctx::new(core, ts_ms, Instant::now(), "", &path);
+    let family = family_for(ctx.path);
     write_error(conn, family, &err, false, &ctx);
     let _ = conn.flush().await;
     ctx.fail(&err);
@@ -281,7 +305,11 @@ async fn reject(core: &Core, conn: &mut ClientConn, buf: &[u8], err: RouterError
 }
 
 fn first_line_path(buf: &[u8]) -> String {
-    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(buf.len()).min(2048);
+    let line_end = buf
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(buf.len())
+        .min(2048);
     let mut parts = buf[..line_end].split(|&b| b == b' ');
     let _method = parts.next();
     let target = parts.next().unwrap_or(b"");
@@ -299,7 +327,13 @@ pub fn family_for(path: &str) -> ApiFamily {
 }
 
 /// Queue a router-made error response (head + JSON body) into `conn.out`.
-pub fn write_error(conn: &mut ClientConn, family: ApiFamily, err: &RouterError, keep_alive: bool, ctx: &Ctx) {
+pub fn write_error(
+    conn: &mut ClientConn,
+    family: ApiFamily,
+    err: &RouterError,
+    keep_alive: bool,
+    ctx: &Ctx<'_>,
+) {
     let mut body = Vec::with_capacity(160);
     err.write_body(family, &mut body);
     let close = err.close || !keep_alive;
@@ -346,41 +380,109 @@ async fn dispatch(core: &Core, conn: &mut ClientConn, req: &Request<'_>) -> Next
         && req.path != "/health"
         && !pipeline::authorized(req, key)
     {
-        return finish_error(core, conn, req, &mut ctx, family, RouterError::unauthorized()).await;
+        return finish_error(
+            core,
+            conn,
+            req,
+            &mut ctx,
+            family,
+            RouterError::unauthorized(),
+        )
+        .await;
     }
 
-    let known = ["/v1/chat/completions", "/v1/models", "/health", "/", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"];
+    let known = [
+        "/v1/chat/completions",
+        "/v1/models",
+        "/health",
+        "/",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/responses",
+    ];
     match (req.method, req.path) {
         ("POST", "/v1/chat/completions") => pipeline::chat_completions(core, conn, req, ctx).await,
-        ("GET", "/health") | ("HEAD", "/health") => simple(core, conn, req, ctx, 200, b"text/plain", b"ok").await,
+        ("GET", "/health") | ("HEAD", "/health") => {
+            simple(core, conn, req, ctx, 200, b"text/plain", b"ok").await
+        }
         ("GET", "/") | ("HEAD", "/") => {
-            simple(core, conn, req, ctx, 200, b"text/plain", b"opensourcellmrouter is running\n").await
+            simple(
+                core,
+                conn,
+                req,
+                ctx,
+                200,
+                b"text/plain",
+                b"opensourcellmrouter is running\n",
+            )
+            .await
         }
         ("GET", "/v1/models") => {
             let body = core.snap.models_body.clone();
             simple(core, conn, req, ctx, 200, b"application/json", &body).await
         }
-        ("POST", "/v1/messages") | ("POST", "/v1/messages/count_tokens") | ("POST", "/v1/responses") => {
+        ("POST", "/v1/messages")
+        | ("POST", "/v1/messages/count_tokens")
+        | ("POST", "/v1/responses") => {
             let err = RouterError::unsupported(format!("{} is not implemented yet", req.path));
             finish_error(core, conn, req, &mut ctx, family, err).await
         }
-        (m, p) if known.contains(&p) => finish_error(core, conn, req, &mut ctx, family, RouterError::method_not_allowed(m, p)).await,
-        (m, p) => finish_error(core, conn, req, &mut ctx, family, RouterError::not_found(m, p)).await,
+        (m, p) if known.contains(&p) => {
+            finish_error(
+                core,
+                conn,
+                req,
+                &mut ctx,
+                family,
+                RouterError::method_not_allowed(m, p),
+            )
+            .await
+        }
+        (m, p) => {
+            finish_error(
+                core,
+                conn,
+                req,
+                &mut ctx,
+                family,
+                RouterError::not_found(m, p),
+            )
+            .await
+        }
     }
 }
 
 /// Answer with a router-made error, log, and decide the connection's fate.
-pub async fn finish_error(core: &Core, conn: &mut ClientConn, req: &Request<'_>, ctx: &mut Ctx, family: ApiFamily, err: RouterError) -> Next {
+pub async fn finish_error(
+    core: &Core,
+    conn: &mut ClientConn,
+    req: &Request<'_>,
+    ctx: &mut Ctx<'_>,
+    family: ApiFamily,
+    err: RouterError,
+) -> Next {
     ctx.overhead_us = req.t0.elapsed().as_micros() as u64;
     write_error(conn, family, &err, req.keep_alive, ctx);
     let ok = conn.flush().await.is_ok();
     ctx.fail(&err);
     ctx.finish(core, req.body);
-    if ok && !err.close && req.keep_alive { Next::KeepAlive } else { Next::Close }
+    if ok && !err.close && req.keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
 }
 
 /// A small fixed response (health, models, root).
-async fn simple(core: &Core, conn: &mut ClientConn, req: &Request<'_>, mut ctx: Ctx, status: u16, content_type: &[u8], body: &[u8]) -> Next {
+async fn simple(
+    core: &Core,
+    conn: &mut ClientConn,
+    req: &Request<'_>,
+    mut ctx: Ctx<'_>,
+    status: u16,
+    content_type: &[u8],
+    body: &[u8],
+) -> Next {
     http::write_status_line(&mut conn.out, status);
     http::write_header(&mut conn.out, b"content-type", content_type);
     write_length_and_close(&mut conn.out, body.len(), !req.keep_alive);

@@ -42,7 +42,9 @@ impl Snapshot {
     pub fn build(config: Config) -> Result<(Snapshot, Vec<String>), String> {
         let mut warnings = Vec::new();
         let classifier = match &config.keyword_tags {
-            Some(tags) => Some(KeywordClassifier::new(tags).map_err(|e| format!("[classifiers.keyword]: {e}"))?),
+            Some(tags) => Some(
+                KeywordClassifier::new(tags).map_err(|e| format!("[classifiers.keyword]: {e}"))?,
+            ),
             None => None,
         };
         let refusal = config
@@ -55,7 +57,11 @@ impl Snapshot {
                     Some(toml::Value::Array(items)) => Some(
                         items
                             .iter()
-                            .map(|v| v.as_str().map(str::to_string).ok_or("`phrases` must be an array of strings"))
+                            .map(|v| {
+                                v.as_str()
+                                    .map(str::to_string)
+                                    .ok_or("`phrases` must be an array of strings")
+                            })
                             .collect::<Result<_, _>>()?,
                     ),
                     Some(_) => return Err("`phrases` must be an array of strings".to_string()),
@@ -64,7 +70,8 @@ impl Snapshot {
             })
             .transpose()
             .map_err(|e| format!("[response_classifiers.refusal]: {e}"))?;
-        let (discovery, discovery_warnings) = crate::route::discover(&config, Duration::from_secs(2));
+        let (discovery, discovery_warnings) =
+            crate::route::discover(&config, Duration::from_secs(2));
         warnings.extend(discovery_warnings);
         let targets = crate::upstream::resolve_targets(&config.providers);
         for (p, t) in config.providers.iter().zip(&targets) {
@@ -81,18 +88,31 @@ impl Snapshot {
             }
             models_body.extend_from_slice(b"{\"id\":");
             crate::json::write_json_string(&mut models_body, m);
-            models_body.extend_from_slice(b",\"object\":\"model\",\"created\":0,\"owned_by\":\"opensourcellmrouter\"}");
+            models_body.extend_from_slice(
+                b",\"object\":\"model\",\"created\":0,\"owned_by\":\"opensourcellmrouter\"}",
+            );
         }
         models_body.extend_from_slice(b"]}");
-        let log = if config.logging.enabled {
-            Some(
-                crate::observe::start(&config.logging.path)
-                    .map_err(|e| format!("[logging] path {}: {e}", config.logging.path.display()))?,
-            )
-        } else {
-            None
-        };
-        Ok((Snapshot { config, classifier, refusal, discovery, targets, models_body, log }, warnings))
+        let log =
+            if config.logging.enabled {
+                Some(crate::observe::start(&config.logging.path).map_err(|e| {
+                    format!("[logging] path {}: {e}", config.logging.path.display())
+                })?)
+            } else {
+                None
+            };
+        Ok((
+            Snapshot {
+                config,
+                classifier,
+                refusal,
+                discovery,
+                targets,
+                models_body,
+                log,
+            },
+            warnings,
+        ))
     }
 }
 
@@ -114,8 +134,15 @@ impl Core {
             Duration::from_millis(cfg.pool_idle_ttl_ms),
             cfg.pool_max_idle,
         );
-        let seed = crate::observe::now_ms() ^ ((worker as u64 + 1) << 32) ^ u64::from(std::process::id());
-        Core { snap, pools, rng: RefCell::new(Rng::new(seed)), worker, next_id: Cell::new(0) }
+        let seed =
+            crate::observe::now_ms() ^ ((worker as u64 + 1) << 32) ^ u64::from(std::process::id());
+        Core {
+            snap,
+            pools,
+            rng: RefCell::new(Rng::new(seed)),
+            worker,
+            next_id: Cell::new(0),
+        }
     }
 
     /// A request id unique across workers and restarts: worker, start time, counter.
@@ -143,7 +170,8 @@ impl DriverKind {
 
     /// io_uring when the kernel allows it, unless `OPENSOURCELLMROUTER_DRIVER=legacy`.
     pub fn detect() -> Self {
-        let forced_legacy = std::env::var("OPENSOURCELLMROUTER_DRIVER").is_ok_and(|v| v == "legacy");
+        let forced_legacy =
+            std::env::var("OPENSOURCELLMROUTER_DRIVER").is_ok_and(|v| v == "legacy");
         if !forced_legacy && monoio::utils::detect_uring() {
             DriverKind::IoUring
         } else {
@@ -175,7 +203,12 @@ pub fn start(snap: Arc<Snapshot>) -> io::Result<Server> {
     let addr = (cfg.host.as_str(), cfg.port)
         .to_socket_addrs()?
         .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("cannot resolve {}", cfg.host)))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot resolve {}", cfg.host),
+            )
+        })?;
     let driver = DriverKind::detect();
     let mut threads = Vec::new();
     let mut bound = addr;
@@ -192,7 +225,11 @@ pub fn start(snap: Arc<Snapshot>) -> io::Result<Server> {
         }
         threads.push(t);
     }
-    Ok(Server { addr: bound, driver, threads })
+    Ok(Server {
+        addr: bound,
+        driver,
+        threads,
+    })
 }
 
 fn run_worker(
@@ -218,12 +255,23 @@ fn run_worker(
     }
 }
 
-async fn worker_main(worker: usize, snap: Arc<Snapshot>, addr: SocketAddr, ready: mpsc::Sender<io::Result<SocketAddr>>) {
-    let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096);
+async fn worker_main(
+    worker: usize,
+    snap: Arc<Snapshot>,
+    addr: SocketAddr,
+    ready: mpsc::Sender<io::Result<SocketAddr>>,
+) {
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(4096);
     let listener = match TcpListener::bind_with_config(addr, &opts) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))));
+            let _ = ready.send(Err(io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr}: {e}"),
+            )));
             return;
         }
     };

@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
-use super::Core;
-use super::conn::{ClientConn, Next, Request, finish_error, fmt_u64, write_error, write_length_and_close};
+use super::conn::{
+    ClientConn, Next, Request, finish_error, fmt_u64, write_error, write_length_and_close,
+};
 use super::watch::{self, Wait};
+use super::{Core, Snapshot};
 use crate::classify::TagSet;
 use crate::config::{ProviderFormat, Scheme};
 use crate::error::{ApiFamily, RouterError};
@@ -35,12 +37,13 @@ const MAX_UPSTREAM_HEAD: usize = 64 << 10;
 
 /// Per-request context: everything the log line and the `X-Router-*`
 /// headers report, filled in phase by phase.
-pub struct Ctx {
+pub struct Ctx<'a> {
+    snap: &'a Snapshot,
     pub id: String,
     pub ts_ms: u64,
     pub t0: Instant,
-    pub method: String,
-    pub path: String,
+    pub method: &'a str,
+    pub path: &'a str,
     pub requested_model: Option<String>,
     pub sent_model: Option<String>,
     pub provider: Option<usize>,
@@ -59,18 +62,17 @@ pub struct Ctx {
     pub output_tokens: Option<u64>,
     pub response_tags: Vec<&'static str>,
     pub attempts: Vec<usize>,
-    core_tags: Vec<String>,
-    provider_names: Vec<String>,
 }
 
-impl Ctx {
-    pub fn new(core: &Core, ts_ms: u64, t0: Instant, method: &str, path: &str) -> Ctx {
+impl<'a> Ctx<'a> {
+    pub fn new(core: &'a Core, ts_ms: u64, t0: Instant, method: &'a str, path: &'a str) -> Ctx<'a> {
         Ctx {
+            snap: &core.snap,
             id: core.request_id(ts_ms),
             ts_ms,
             t0,
-            method: method.to_string(),
-            path: path.to_string(),
+            method,
+            path,
             requested_model: None,
             sent_model: None,
             provider: None,
@@ -88,28 +90,31 @@ impl Ctx {
             output_tokens: None,
             response_tags: Vec::new(),
             attempts: Vec::new(),
-            core_tags: core
-                .snap
-                .classifier
-                .as_ref()
-                .map(|c| c.tag_names().to_vec())
-                .unwrap_or_default(),
-            provider_names: Vec::new(),
         }
     }
 
-    fn tag_names(&self) -> impl Iterator<Item = &str> {
-        self.tags.iter().filter_map(|i| self.core_tags.get(i).map(String::as_str))
+    fn tag_names(&self) -> impl Iterator<Item = &'a str> + use<'a, '_> {
+        let names = self
+            .snap
+            .classifier
+            .as_ref()
+            .map_or(&[][..], |c| c.tag_names());
+        self.tags
+            .iter()
+            .filter_map(move |i| names.get(i).map(String::as_str))
     }
 
-    fn set_provider(&mut self, core: &Core, idx: usize) {
+    fn set_provider(&mut self, idx: usize) {
         self.provider = Some(idx);
         self.attempts.push(idx);
-        self.provider_names = core.snap.config.providers.iter().map(|p| p.name.clone()).collect();
     }
 
-    fn provider_name(&self) -> Option<&str> {
-        self.provider.and_then(|i| self.provider_names.get(i)).map(String::as_str)
+    fn provider_name_at(&self, idx: usize) -> Option<&'a str> {
+        self.snap.config.providers.get(idx).map(|p| p.name.as_str())
+    }
+
+    fn provider_name(&self) -> Option<&'a str> {
+        self.provider.and_then(|i| self.provider_name_at(i))
     }
 
     /// Record a router-made error.
@@ -134,7 +139,11 @@ impl Ctx {
             out.extend_from_slice(b"\r\n");
         }
         if !self.response_tags.is_empty() {
-            http::write_header(out, b"x-router-response-tags", self.response_tags.join(",").as_bytes());
+            http::write_header(
+                out,
+                b"x-router-response-tags",
+                self.response_tags.join(",").as_bytes(),
+            );
         }
         if let Some(p) = self.provider_name() {
             http::write_header(out, b"x-router-provider", p.as_bytes());
@@ -149,7 +158,11 @@ impl Ctx {
         if let Some(t) = self.output_tokens {
             http::write_header(out, b"x-router-output-tokens", fmt_u64(t, &mut n));
         }
-        http::write_header(out, b"x-router-overhead-us", fmt_u64(self.overhead_us, &mut n));
+        http::write_header(
+            out,
+            b"x-router-overhead-us",
+            fmt_u64(self.overhead_us, &mut n),
+        );
     }
 
     /// `on_end`: serialize the log line (SPEC §7) and queue it. Always runs.
@@ -185,10 +198,12 @@ impl Ctx {
         w.str_array("response_tags", self.response_tags.iter().copied());
         w.str_array(
             "attempts",
-            self.attempts.iter().filter_map(|&i| self.provider_names.get(i)).map(String::as_str),
+            self.attempts
+                .iter()
+                .filter_map(|&i| self.provider_name_at(i)),
         );
-        w.str("method", &self.method);
-        w.str("path", &self.path);
+        w.str("method", self.method);
+        w.str("path", self.path);
         w.finish();
         log.send(line);
     }
@@ -237,16 +252,41 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(core: &Core, conn: &mut ClientConn, req: &Request<'_>, mut ctx: Ctx) -> Next {
+pub async fn chat_completions(
+    core: &Core,
+    conn: &mut ClientConn,
+    req: &Request<'_>,
+    mut ctx: Ctx<'_>,
+) -> Next {
     let family = ApiFamily::OpenAi;
     // on_start + parse: what routing needs, without touching the client's bytes.
     let info = match json::parse_chat_request(req.body, &mut conn.json_scratch) {
         Ok(info) => info,
-        Err(e) => return finish_error(core, conn, req, &mut ctx, family, RouterError::bad_request(e.0)).await,
+        Err(e) => {
+            return finish_error(
+                core,
+                conn,
+                req,
+                &mut ctx,
+                family,
+                RouterError::bad_request(e.0),
+            )
+            .await;
+        }
     };
     let top = match json::scan_top_level(req.body) {
         Ok(t) => t,
-        Err(e) => return finish_error(core, conn, req, &mut ctx, family, RouterError::bad_request(e.0)).await,
+        Err(e) => {
+            return finish_error(
+                core,
+                conn,
+                req,
+                &mut ctx,
+                family,
+                RouterError::bad_request(e.0),
+            )
+            .await;
+        }
     };
     ctx.requested_model = Some(info.model.clone());
     ctx.stream = info.stream;
@@ -255,7 +295,11 @@ pub async fn chat_completions(core: &Core, conn: &mut ClientConn, req: &Request<
         ctx.system = Some(info.system.clone());
     }
     ctx.plugins = info.plugins.iter().map(|p| p.id.clone()).collect();
-    if let Some(bad) = info.plugins.iter().find(|p| !KNOWN_PLUGINS.contains(&p.id.as_str())) {
+    if let Some(bad) = info
+        .plugins
+        .iter()
+        .find(|p| !KNOWN_PLUGINS.contains(&p.id.as_str()))
+    {
         let err = RouterError::bad_request(format!(
             "unknown plugin '{}' (known: {})",
             bad.id,
@@ -274,16 +318,35 @@ pub async fn chat_completions(core: &Core, conn: &mut ClientConn, req: &Request<
 
     // route
     let snap = &core.snap;
-    let tag_names: Vec<&str> = ctx.tag_names().collect();
+    // The tag names as a slice, on the stack unless more than 64 tags matched.
+    let mut tag_buf: [&str; 64] = [""; 64];
+    let overflow: Vec<&str>;
+    let tags: &[&str] = if ctx.tags.len() <= tag_buf.len() {
+        let mut n = 0;
+        for (slot, name) in tag_buf.iter_mut().zip(ctx.tag_names()) {
+            *slot = name;
+            n += 1;
+        }
+        &tag_buf[..n]
+    } else {
+        overflow = ctx.tag_names().collect();
+        &overflow
+    };
     let input = RouteInput {
         model: &info.model,
-        tags: &tag_names,
+        tags,
         needs_vision: info.has_images,
         needs_tools: info.has_tools,
     };
     let decision = {
         let mut rng = core.rng.borrow_mut();
-        route::resolve(&snap.config.routers, &snap.config.providers, &snap.discovery, &input, &mut rng)
+        route::resolve(
+            &snap.config.routers,
+            &snap.config.providers,
+            &snap.discovery,
+            &input,
+            &mut rng,
+        )
     };
     let Some(decision) = decision else {
         let err = RouterError::no_route(&info.model);
@@ -291,8 +354,7 @@ pub async fn chat_completions(core: &Core, conn: &mut ClientConn, req: &Request<
     };
     let pidx = decision.provider;
     let rewrite = decision.model.map(str::to_string);
-    drop(tag_names);
-    ctx.set_provider(core, pidx);
+    ctx.set_provider(pidx);
     ctx.sent_model = Some(rewrite.clone().unwrap_or_else(|| info.model.clone()));
 
     // provider call
@@ -340,7 +402,14 @@ fn skip_request_header(name: &[u8]) -> bool {
 
 /// The upstream request: our own framing, the client's other headers, the
 /// provider's key, and the client's body with only `model` and `plugins` changed.
-fn build_upstream_request(core: &Core, req: &Request<'_>, pidx: usize, top: &json::TopLevel, rewrite: Option<&str>, out: &mut Vec<u8>) {
+fn build_upstream_request(
+    core: &Core,
+    req: &Request<'_>,
+    pidx: usize,
+    top: &json::TopLevel,
+    rewrite: Option<&str>,
+    out: &mut Vec<u8>,
+) {
     let p = &core.snap.config.providers[pidx];
     out.extend_from_slice(b"POST ");
     out.extend_from_slice(p.base_path.as_bytes());
@@ -357,9 +426,16 @@ fn build_upstream_request(core: &Core, req: &Request<'_>, pidx: usize, top: &jso
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let conn_values: Vec<&[u8]> = req.head.headers_iter(req.buf).filter(|(n, _)| n.eq_ignore_ascii_case(b"connection")).map(|(_, v)| v).collect();
+    let conn_values: Vec<&[u8]> = req
+        .head
+        .headers_iter(req.buf)
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+        .map(|(_, v)| v)
+        .collect();
     for (name, value) in req.head.headers_iter(req.buf) {
-        if skip_request_header(name) || (!conn_values.is_empty() && http::connection_listed(&conn_values, name)) {
+        if skip_request_header(name)
+            || (!conn_values.is_empty() && http::connection_listed(&conn_values, name))
+        {
             continue;
         }
         http::write_header(out, name, value);
@@ -381,11 +457,28 @@ enum Relay {
 }
 
 /// Same-format call to an OpenAI-compatible provider over plain HTTP.
-async fn proxy(core: &Core, conn: &mut ClientConn, req: &Request<'_>, mut ctx: Ctx, pidx: usize, up_req: Vec<u8>) -> Next {
+async fn proxy(
+    core: &Core,
+    conn: &mut ClientConn,
+    req: &Request<'_>,
+    mut ctx: Ctx<'_>,
+    pidx: usize,
+    up_req: Vec<u8>,
+) -> Next {
     let watch = conn.take_watch();
     let mut resp = std::mem::take(&mut conn.up_resp);
     resp.clear();
-    let (next, up_req, resp) = proxy_inner(core, conn, req, &mut ctx, pidx, up_req, resp, watch.as_ref()).await;
+    let (next, up_req, resp) = proxy_inner(
+        core,
+        conn,
+        req,
+        &mut ctx,
+        pidx,
+        up_req,
+        resp,
+        watch.as_ref(),
+    )
+    .await;
     conn.put_watch(watch);
     conn.up_req = up_req;
     conn.up_resp = resp;
@@ -398,7 +491,7 @@ async fn proxy_inner(
     core: &Core,
     conn: &mut ClientConn,
     req: &Request<'_>,
-    ctx: &mut Ctx,
+    ctx: &mut Ctx<'_>,
     pidx: usize,
     mut up_req: Vec<u8>,
     mut resp: Vec<u8>,
@@ -409,7 +502,11 @@ async fn proxy_inner(
     let provider = &snap.config.providers[pidx];
     let target = &snap.targets[pidx];
     let family = ApiFamily::OpenAi;
-    let timeout = Duration::from_millis(provider.first_byte_timeout_ms.unwrap_or(server.first_byte_timeout_ms));
+    let timeout = Duration::from_millis(
+        provider
+            .first_byte_timeout_ms
+            .unwrap_or(server.first_byte_timeout_ms),
+    );
     let mut armed = watch::arm(watch);
 
     macro_rules! fail {
@@ -419,14 +516,19 @@ async fn proxy_inner(
             write_error(conn, family, &err, req.keep_alive, ctx);
             let ok = conn.flush().await.is_ok();
             ctx.fail(&err);
-            let next = if ok && req.keep_alive { Next::KeepAlive } else { Next::Close };
+            let next = if ok && req.keep_alive {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
             return (next, up_req, resp);
         }};
     }
     macro_rules! client_gone {
         () => {{
             ctx.status = 499;
-            ctx.error = Some("client_closed: the client disconnected before the response completed".into());
+            ctx.error =
+                Some("client_closed: the client disconnected before the response completed".into());
             return (Next::Close, up_req, resp);
         }};
     }
@@ -438,9 +540,18 @@ async fn proxy_inner(
     let (mut up, head) = 'attempt: loop {
         let (mut up, reused) = match core.pools.take(pidx) {
             Some(s) => (s, true),
-            None => match crate::upstream::connect(target, Duration::from_millis(server.connect_timeout_ms)).await {
+            None => match crate::upstream::connect(
+                target,
+                Duration::from_millis(server.connect_timeout_ms),
+            )
+            .await
+            {
                 Ok(s) => (s, false),
-                Err(e) => fail!(RouterError::upstream_connect(&provider.name, &target.display, &e)),
+                Err(e) => fail!(RouterError::upstream_connect(
+                    &provider.name,
+                    &target.display,
+                    &e
+                )),
             },
         };
         let (r, buf) = up.write_all(up_req).await;
@@ -454,7 +565,11 @@ async fn proxy_inner(
                 retried = true;
                 continue 'attempt;
             }
-            fail!(RouterError::upstream_connect(&provider.name, &target.display, &e.to_string()));
+            fail!(RouterError::upstream_connect(
+                &provider.name,
+                &target.display,
+                &e.to_string()
+            ));
         }
         resp.clear();
         loop {
@@ -467,14 +582,20 @@ async fn proxy_inner(
                             retried = true;
                             continue 'attempt;
                         }
-                        fail!(RouterError::upstream_bad_response(&provider.name, &format!("read failed: {e}")));
+                        fail!(RouterError::upstream_bad_response(
+                            &provider.name,
+                            &format!("read failed: {e}")
+                        ));
                     }
                     if eof {
                         if resp.is_empty() && reused && !retried {
                             retried = true;
                             continue 'attempt;
                         }
-                        fail!(RouterError::upstream_bad_response(&provider.name, "connection closed before a complete response head"));
+                        fail!(RouterError::upstream_bad_response(
+                            &provider.name,
+                            "connection closed before a complete response head"
+                        ));
                     }
                     match http::parse_response_head(&resp, MAX_UPSTREAM_HEAD) {
                         Ok(Some(h)) if h.status >= 200 => break 'attempt (up, h),
@@ -483,11 +604,24 @@ async fn proxy_inner(
                             resp.drain(..h.head_len);
                         }
                         Ok(None) => {}
-                        Err(e) => fail!(RouterError::upstream_bad_response(&provider.name, e.message)),
+                        Err(e) => fail!(RouterError::upstream_bad_response(
+                            &provider.name,
+                            e.message
+                        )),
                     }
                 }
-                Wait::TimedOut => { resp = Vec::new(); fail!(RouterError::upstream_timeout(&provider.name, &target.display, timeout.as_millis() as u64)) }
-                Wait::ClientGone => { resp = Vec::new(); client_gone!() }
+                Wait::TimedOut => {
+                    resp = Vec::new();
+                    fail!(RouterError::upstream_timeout(
+                        &provider.name,
+                        &target.display,
+                        timeout.as_millis() as u64
+                    ))
+                }
+                Wait::ClientGone => {
+                    resp = Vec::new();
+                    client_gone!()
+                }
             }
         }
     };
@@ -498,15 +632,25 @@ async fn proxy_inner(
         ctx.error = Some(format!("provider returned status {}", head.status));
     }
 
-    let is_sse = header_value(&resp, &head, "content-type").is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
+    let is_sse = header_value(&resp, &head, "content-type")
+        .is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
     if is_sse {
-        let (outcome, reusable) = relay_stream(core, conn, req, ctx, &mut up, &mut resp, &head, &mut armed, timeout, t_sent, t_head).await;
+        let (outcome, reusable) = relay_stream(
+            core, conn, req, ctx, &mut up, &mut resp, &head, &mut armed, timeout, t_sent, t_head,
+        )
+        .await;
         match outcome {
             Relay::Complete => {
                 if reusable {
                     core.pools.give(pidx, up);
                 }
-                return (Next::KeepAlive, up_req, resp);
+                // HTTP/1.0 clients got a close-delimited stream.
+                let next = if conn.http10 || !req.keep_alive {
+                    Next::Close
+                } else {
+                    Next::KeepAlive
+                };
+                return (next, up_req, resp);
             }
             Relay::ClientGone => client_gone!(),
             Relay::UpstreamFailed(msg) => {
@@ -528,7 +672,10 @@ async fn proxy_inner(
             let n = n as usize;
             if n > MAX_UPSTREAM_BODY {
                 conn.up_body = body;
-                fail!(RouterError::upstream_bad_response(&provider.name, "response body too large"));
+                fail!(RouterError::upstream_bad_response(
+                    &provider.name,
+                    "response body too large"
+                ));
             }
             let need = head.head_len + n;
             while resp.len() < need {
@@ -537,12 +684,19 @@ async fn proxy_inner(
                     Wait::Done((_, b)) => {
                         resp = b;
                         conn.up_body = body;
-                        fail!(RouterError::upstream_bad_response(&provider.name, "connection closed before the end of the body"));
+                        fail!(RouterError::upstream_bad_response(
+                            &provider.name,
+                            "connection closed before the end of the body"
+                        ));
                     }
                     Wait::TimedOut => {
                         resp = Vec::new();
                         conn.up_body = body;
-                        fail!(RouterError::upstream_timeout(&provider.name, &target.display, timeout.as_millis() as u64));
+                        fail!(RouterError::upstream_timeout(
+                            &provider.name,
+                            &target.display,
+                            timeout.as_millis() as u64
+                        ));
                     }
                     Wait::ClientGone => {
                         resp = Vec::new();
@@ -583,7 +737,10 @@ async fn proxy_inner(
                 }
                 if body.len() > MAX_UPSTREAM_BODY {
                     conn.up_body = body;
-                    fail!(RouterError::upstream_bad_response(&provider.name, "response body too large"));
+                    fail!(RouterError::upstream_bad_response(
+                        &provider.name,
+                        "response body too large"
+                    ));
                 }
                 resp.truncate(pos.max(head.head_len));
                 match armed.read(&mut up, resp, timeout).await {
@@ -591,12 +748,19 @@ async fn proxy_inner(
                     Wait::Done((_, b)) => {
                         resp = b;
                         conn.up_body = body;
-                        fail!(RouterError::upstream_bad_response(&provider.name, "connection closed before the end of the body"));
+                        fail!(RouterError::upstream_bad_response(
+                            &provider.name,
+                            "connection closed before the end of the body"
+                        ));
                     }
                     Wait::TimedOut => {
                         resp = Vec::new();
                         conn.up_body = body;
-                        fail!(RouterError::upstream_timeout(&provider.name, &target.display, timeout.as_millis() as u64));
+                        fail!(RouterError::upstream_timeout(
+                            &provider.name,
+                            &target.display,
+                            timeout.as_millis() as u64
+                        ));
                     }
                     Wait::ClientGone => {
                         resp = Vec::new();
@@ -620,7 +784,11 @@ async fn proxy_inner(
                     Wait::TimedOut => {
                         resp = Vec::new();
                         conn.up_body = body;
-                        fail!(RouterError::upstream_timeout(&provider.name, &target.display, timeout.as_millis() as u64));
+                        fail!(RouterError::upstream_timeout(
+                            &provider.name,
+                            &target.display,
+                            timeout.as_millis() as u64
+                        ));
                     }
                     Wait::ClientGone => {
                         resp = Vec::new();
@@ -630,7 +798,10 @@ async fn proxy_inner(
                 }
                 if resp.len() - head.head_len > MAX_UPSTREAM_BODY {
                     conn.up_body = body;
-                    fail!(RouterError::upstream_bad_response(&provider.name, "response body too large"));
+                    fail!(RouterError::upstream_bad_response(
+                        &provider.name,
+                        "response body too large"
+                    ));
                 }
             }
             body_range = head.head_len..resp.len();
@@ -644,17 +815,30 @@ async fn proxy_inner(
         drop(up);
     }
     {
-        let body_bytes: &[u8] = if in_body_buf { &body[body_range.clone()] } else { &resp[body_range.clone()] };
+        let body_bytes: &[u8] = if in_body_buf {
+            &body[body_range.clone()]
+        } else {
+            &resp[body_range.clone()]
+        };
         if (200..300).contains(&head.status) {
             let (input, output, text) = crate::sse::chat_response_stats(body_bytes);
             ctx.input_tokens = input;
             ctx.output_tokens = output;
             post_response(core, ctx, text);
         } else {
-            ctx.response = Some(String::from_utf8_lossy(&body_bytes[..body_bytes.len().min(4096)]).into_owned());
+            ctx.response = Some(
+                String::from_utf8_lossy(&body_bytes[..body_bytes.len().min(4096)]).into_owned(),
+            );
         }
         ctx.overhead_us += micros_since(t_done);
-        write_response_head(conn, &resp, &head, ctx, Some(body_bytes.len()), !req.keep_alive);
+        write_response_head(
+            conn,
+            &resp,
+            &head,
+            ctx,
+            Some(body_bytes.len()),
+            !req.keep_alive,
+        );
         // copy: head and body leave in one write.
         conn.out.extend_from_slice(body_bytes);
     }
@@ -662,11 +846,19 @@ async fn proxy_inner(
     if conn.flush().await.is_err() {
         client_gone!();
     }
-    (if req.keep_alive { Next::KeepAlive } else { Next::Close }, up_req, resp)
+    (
+        if req.keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        },
+        up_req,
+        resp,
+    )
 }
 
 /// `post_response` and the response classifiers, on the reply's text.
-fn post_response(core: &Core, ctx: &mut Ctx, text: String) {
+fn post_response(core: &Core, ctx: &mut Ctx<'_>, text: String) {
     if let Some(r) = &core.snap.refusal
         && r.is_match(text.as_bytes())
     {
@@ -685,7 +877,14 @@ fn header_value<'a>(buf: &'a [u8], head: &ResponseHead, name: &str) -> Option<&'
 /// The client's response head: the provider's status and headers (minus
 /// hop-by-hop and framing), the `X-Router-*` headers, and our own framing:
 /// `Content-Length` when `len` is known, else chunked (or close-delimited for HTTP/1.0).
-fn write_response_head(conn: &mut ClientConn, buf: &[u8], head: &ResponseHead, ctx: &Ctx, len: Option<usize>, close: bool) {
+fn write_response_head(
+    conn: &mut ClientConn,
+    buf: &[u8],
+    head: &ResponseHead,
+    ctx: &Ctx<'_>,
+    len: Option<usize>,
+    close: bool,
+) {
     let out = &mut conn.out;
     http::write_status_line(out, head.status);
     let conn_values: Vec<&[u8]> = head
@@ -730,7 +929,7 @@ async fn relay_stream(
     core: &Core,
     conn: &mut ClientConn,
     req: &Request<'_>,
-    ctx: &mut Ctx,
+    ctx: &mut Ctx<'_>,
     up: &mut TcpStream,
     resp: &mut Vec<u8>,
     head: &ResponseHead,
@@ -822,7 +1021,9 @@ async fn relay_stream(
                     Err(e) => format!("read failed mid-stream: {e}"),
                 });
             }
-            Wait::TimedOut => break Relay::UpstreamFailed(format!("no data for {} ms", timeout.as_millis())),
+            Wait::TimedOut => {
+                break Relay::UpstreamFailed(format!("no data for {} ms", timeout.as_millis()));
+            }
             Wait::ClientGone => break Relay::ClientGone,
         }
     };
@@ -841,13 +1042,18 @@ async fn relay_stream(
             if conn.flush().await.is_err() {
                 return (Relay::ClientGone, false);
             }
-            let reusable = head.keep_alive && head.framing != ResponseFraming::UntilClose && pos == resp.len();
+            let reusable =
+                head.keep_alive && head.framing != ResponseFraming::UntilClose && pos == resp.len();
             (Relay::Complete, reusable)
         }
         Relay::UpstreamFailed(msg) => {
             // End the client's stream in its own format: an error event, never a fake [DONE].
             let mut event = Vec::new();
-            crate::sse::write_openai_stream_error(&mut event, &format!("upstream stream ended abnormally: {msg}"), "upstream_disconnected");
+            crate::sse::write_openai_stream_error(
+                &mut event,
+                &format!("upstream stream ended abnormally: {msg}"),
+                "upstream_disconnected",
+            );
             if chunked_out {
                 http::write_chunk(&mut conn.out, &event);
                 conn.out.extend_from_slice(http::LAST_CHUNK);
@@ -864,7 +1070,13 @@ async fn relay_stream(
 /// The built-in mock provider (SPEC §9): deterministic OpenAI-shaped
 /// answers, streamed or not, paced by the provider's `latency_ms` and
 /// `throughput_tokens_per_sec`.
-async fn mock(core: &Core, conn: &mut ClientConn, req: &Request<'_>, mut ctx: Ctx, info: &ChatRequestInfo) -> Next {
+async fn mock(
+    core: &Core,
+    conn: &mut ClientConn,
+    req: &Request<'_>,
+    mut ctx: Ctx<'_>,
+    info: &ChatRequestInfo,
+) -> Next {
     let p = &core.snap.config.providers[ctx.provider.unwrap_or(0)];
     let model = ctx.sent_model.clone().unwrap_or_default();
     let prompt_bytes: usize = info.texts().map(str::len).sum();
@@ -893,7 +1105,11 @@ async fn mock(core: &Core, conn: &mut ClientConn, req: &Request<'_>, mut ctx: Ct
         ok &= conn.flush().await.is_ok();
     } else {
         // Stream heads carry what is known before the reply: no usage, no response tags.
-        let (i, o, rt) = (ctx.input_tokens.take(), ctx.output_tokens.take(), std::mem::take(&mut ctx.response_tags));
+        let (i, o, rt) = (
+            ctx.input_tokens.take(),
+            ctx.output_tokens.take(),
+            std::mem::take(&mut ctx.response_tags),
+        );
         let chunked = !conn.http10;
         http::write_status_line(&mut conn.out, 200);
         http::write_header(&mut conn.out, b"content-type", b"text/event-stream");
@@ -922,7 +1138,14 @@ async fn mock(core: &Core, conn: &mut ClientConn, req: &Request<'_>, mut ctx: Ct
             }
             event.clear();
         };
-        crate::mock::chat_chunk(&mut event, &id, created, &model, "{\"role\":\"assistant\",\"content\":\"\"}", None);
+        crate::mock::chat_chunk(
+            &mut event,
+            &id,
+            created,
+            &model,
+            "{\"role\":\"assistant\",\"content\":\"\"}",
+            None,
+        );
         emit(conn, &mut event);
         for token in crate::mock::tokens() {
             if let Some(g) = gap {
@@ -932,7 +1155,14 @@ async fn mock(core: &Core, conn: &mut ClientConn, req: &Request<'_>, mut ctx: Ct
                 }
                 monoio::time::sleep(g).await;
             }
-            crate::mock::chat_chunk(&mut event, &id, created, &model, &crate::mock::content_delta(token), None);
+            crate::mock::chat_chunk(
+                &mut event,
+                &id,
+                created,
+                &model,
+                &crate::mock::content_delta(token),
+                None,
+            );
             emit(conn, &mut event);
         }
         if ok {
@@ -952,8 +1182,13 @@ async fn mock(core: &Core, conn: &mut ClientConn, req: &Request<'_>, mut ctx: Ct
     }
     if !ok {
         ctx.status = 499;
-        ctx.error = Some("client_closed: the client disconnected before the response completed".into());
+        ctx.error =
+            Some("client_closed: the client disconnected before the response completed".into());
     }
     ctx.finish(core, req.body);
-    if ok && !close && !conn.http10 { Next::KeepAlive } else { Next::Close }
+    if ok && !close && !conn.http10 {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
 }

@@ -27,7 +27,14 @@ enum Peek {
 fn peek(fd: RawFd) -> Peek {
     let mut b = [0u8; 1];
     // SAFETY: fd is a valid socket owned by this connection; b is a live 1-byte buffer.
-    let n = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    let n = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
     if n == 0 {
         return Peek::Closed;
     }
@@ -56,15 +63,20 @@ impl ClientWatch {
         // SAFETY: fd is a freshly duplicated, owned socket descriptor.
         let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
         std.set_nonblocking(true)?;
-        Ok(ClientWatch { stream: TcpStream::from_std(std)? })
+        Ok(ClientWatch {
+            stream: TcpStream::from_std(std)?,
+        })
     }
-
 }
 
 /// Start watching for the duration of one upstream exchange. Without a
 /// watch (the `dup` failed) the client's departure is noticed at the next write.
 pub fn arm(watch: Option<&ClientWatch>) -> Armed<'_> {
-    Armed { watch, poll: None, active: watch.is_some() }
+    Armed {
+        watch,
+        poll: None,
+        active: watch.is_some(),
+    }
 }
 
 /// An armed watch: one posted readability poll, re-posted only after a
@@ -90,7 +102,9 @@ impl<'a> Armed<'a> {
                 return std::future::pending::<()>().await;
             };
             let stream = &watch.stream;
-            let poll = self.poll.get_or_insert_with(|| Box::pin(stream.readable(false)));
+            let poll = self
+                .poll
+                .get_or_insert_with(|| Box::pin(stream.readable(false)));
             let r = poll.as_mut().await;
             self.poll = None;
             if r.is_err() {
@@ -122,7 +136,11 @@ impl<'a> Armed<'a> {
         let read = upstream.read(SliceMut::new(buf, len, cap));
         let sleep = monoio::time::sleep(timeout);
         let gone = self.gone();
-        let (mut read, mut sleep, mut gone) = (std::pin::pin!(read), std::pin::pin!(sleep), std::pin::pin!(gone));
+        let (mut read, mut sleep, mut gone) = (
+            std::pin::pin!(read),
+            std::pin::pin!(sleep),
+            std::pin::pin!(gone),
+        );
         monoio::select! {
             (r, b) = &mut read => Wait::Done((r, b.into_inner())),
             _ = &mut sleep => Wait::TimedOut,
@@ -132,7 +150,11 @@ impl<'a> Armed<'a> {
 }
 
 /// Appending read without a watch (request bodies, head reads).
-pub async fn read_append(stream: &mut TcpStream, mut buf: Vec<u8>, min_spare: usize) -> (io::Result<usize>, Vec<u8>) {
+pub async fn read_append(
+    stream: &mut TcpStream,
+    mut buf: Vec<u8>,
+    min_spare: usize,
+) -> (io::Result<usize>, Vec<u8>) {
     if buf.capacity() - buf.len() < min_spare {
         buf.reserve(min_spare);
     }

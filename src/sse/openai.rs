@@ -3,11 +3,16 @@
 //! writes when an upstream dies mid-stream.
 //!
 //! Chunks are read with the crate's span walker ([`crate::json::scan`]), not a
-//! deserializer: it looks only into `choices`, `usage` and `error` and skips
-//! `id`, `model`, `system_fingerprint`, … a string at a time. Measured on a
-//! typical 254-byte chunk (release build, this 2-core box): ~320 ns per event
-//! with a minimal borrowed `serde_json` struct (whose floor, `IgnoredAny`, is
-//! ~140 ns); see `on_event` for the walker's figure.
+//! deserializer: it descends only into `choices`, `usage` and `error`, skips
+//! `id`, `model`, `system_fingerprint`, … a string at a time, and borrows
+//! unescaped text. Timing note (release build on this 2-core box, a typical
+//! 254-byte chunk, best of 20 runs, no criterion): ~220 ns per event (~260 ns
+//! when the content has escapes) against ~320 ns for a minimal borrowed
+//! `#[derive(Deserialize)]` struct with `serde_json` (whose floor, skipping
+//! the whole chunk as `IgnoredAny`, is ~140 ns); framing by [`SseParser`] adds
+//! ~20 ns per event when the read holds whole events.
+//!
+//! [`SseParser`]: super::SseParser
 
 use std::borrow::Cow;
 
@@ -153,7 +158,8 @@ fn read_choice<'a>(b: &'a [u8], at: usize, chunk: &mut Chunk<'a>) -> Result<usiz
             })
         } else if key_is(b, &key, "finish_reason") && first != Some(b'n') {
             let end = skip_value(b, at)?;
-            chunk.finish_reason = Some(string_value(b.get(at..end).unwrap_or_default()).ok_or_else(malformed)?);
+            chunk.finish_reason =
+                Some(string_value(b.get(at..end).unwrap_or_default()).ok_or_else(malformed)?);
             Ok(end)
         } else {
             skip_value(b, at)
@@ -267,7 +273,9 @@ mod tests {
 
     #[test]
     fn error_payloads() {
-        let s = stats_of(&[r#"{"error":{"message":"Rate limit","type":"rate_limit_error","code":"429"}}"#]);
+        let s = stats_of(&[
+            r#"{"error":{"message":"Rate limit","type":"rate_limit_error","code":"429"}}"#,
+        ]);
         assert_eq!(s.error.as_deref(), Some("Rate limit"));
         let s = stats_of(&[r#"{"error":"model crashed"}"#]);
         assert_eq!(s.error.as_deref(), Some("model crashed"));
@@ -280,17 +288,30 @@ mod tests {
     #[test]
     fn non_streamed_completion() {
         let body = br#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \"there\"","refusal":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
-        assert_eq!(chat_response_stats(body), (Some(5), Some(7), "Hi \"there\"".to_string()));
+        assert_eq!(
+            chat_response_stats(body),
+            (Some(5), Some(7), "Hi \"there\"".to_string())
+        );
         let tool_call = br#"{"choices":[{"message":{"content":null,"tool_calls":[]}}],"usage":{"prompt_tokens":5}}"#;
-        assert_eq!(chat_response_stats(tool_call), (Some(5), None, String::new()));
-        assert_eq!(chat_response_stats(b"not json"), (None, None, String::new()));
+        assert_eq!(
+            chat_response_stats(tool_call),
+            (Some(5), None, String::new())
+        );
+        assert_eq!(
+            chat_response_stats(b"not json"),
+            (None, None, String::new())
+        );
         assert_eq!(chat_response_stats(b"[]"), (None, None, String::new()));
     }
 
     #[test]
     fn the_error_event_parses_as_an_openai_error() {
         let mut out = Vec::new();
-        write_openai_stream_error(&mut out, "upstream closed the connection\n\"mid-stream\"", "upstream_disconnected");
+        write_openai_stream_error(
+            &mut out,
+            "upstream closed the connection\n\"mid-stream\"",
+            "upstream_disconnected",
+        );
         assert!(out.starts_with(b"data: {") && out.ends_with(b"}}\n\n"));
         let mut parser = SseParser::new(1024);
         let mut events = Vec::new();
@@ -307,6 +328,9 @@ mod tests {
         );
         let mut stats = ChatStreamStats::default();
         stats.on_event(&events[0]);
-        assert_eq!(stats.error.as_deref(), Some("upstream closed the connection\n\"mid-stream\""));
+        assert_eq!(
+            stats.error.as_deref(),
+            Some("upstream closed the connection\n\"mid-stream\"")
+        );
     }
 }

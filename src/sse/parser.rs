@@ -113,7 +113,11 @@ impl SseParser {
         self.feed_lines(piece, &mut f)
     }
 
-    fn feed_lines(&mut self, piece: &[u8], f: &mut impl FnMut(SseEvent<'_>)) -> Result<(), SseError> {
+    fn feed_lines(
+        &mut self,
+        piece: &[u8],
+        f: &mut impl FnMut(SseEvent<'_>),
+    ) -> Result<(), SseError> {
         let mut pos = 0;
         if self.after_cr && !piece.is_empty() {
             self.after_cr = false;
@@ -155,7 +159,8 @@ impl SseParser {
         }
         if let Some(r) = held {
             // copy: the event continues in the next piece
-            self.data.extend_from_slice(piece.get(r).unwrap_or_default());
+            self.data
+                .extend_from_slice(piece.get(r).unwrap_or_default());
         }
         Ok(())
     }
@@ -202,11 +207,14 @@ impl SseParser {
                 let len = held.as_ref().map_or(self.data.len(), Range::len);
                 self.check(len + usize::from(self.has_data) + value.len())?;
                 match (at, &held) {
-                    (Some(at), None) if !self.has_data => *held = Some(at + value_at..at + line.len()),
+                    (Some(at), None) if !self.has_data => {
+                        *held = Some(at + value_at..at + line.len())
+                    }
                     _ => {
                         if let Some(r) = held.take() {
                             // copy: a second data line; the lines are joined
-                            self.data.extend_from_slice(piece.get(r).unwrap_or_default());
+                            self.data
+                                .extend_from_slice(piece.get(r).unwrap_or_default());
                         }
                         if self.has_data {
                             self.data.push(b'\n');
@@ -226,7 +234,12 @@ impl SseParser {
         Ok(())
     }
 
-    fn dispatch(&mut self, piece: &[u8], held: &mut Option<Range<usize>>, f: &mut impl FnMut(SseEvent<'_>)) {
+    fn dispatch(
+        &mut self,
+        piece: &[u8],
+        held: &mut Option<Range<usize>>,
+        f: &mut impl FnMut(SseEvent<'_>),
+    ) {
         if self.has_data {
             let data = match held.take() {
                 Some(r) => piece.get(r).unwrap_or_default(),
@@ -255,13 +268,18 @@ mod tests {
         let mut p = SseParser::new(1 << 20);
         let mut events = Vec::new();
         for piece in pieces {
-            p.feed(piece, |e| events.push((e.event.map(<[u8]>::to_vec), e.data.to_vec())))?;
+            p.feed(piece, |e| {
+                events.push((e.event.map(<[u8]>::to_vec), e.data.to_vec()))
+            })?;
         }
         Ok(events)
     }
 
     fn ev(event: Option<&str>, data: &str) -> Owned {
-        (event.map(|e| e.as_bytes().to_vec()), data.as_bytes().to_vec())
+        (
+            event.map(|e| e.as_bytes().to_vec()),
+            data.as_bytes().to_vec(),
+        )
     }
 
     /// Every framing feature at once, in LF, CRLF and CR flavours.
@@ -366,15 +384,24 @@ mod tests {
         let bom_twice = b"\xEF\xBB\xBF\xEF\xBB\xBFdata: x\n\n";
         // The second BOM is part of the first line's field name, which is then unknown.
         assert_eq!(collect(&[bom_twice]).unwrap(), []);
-        assert_eq!(collect(&[b"\xEF", b"\xBB", b"\xBFdata: x\n\n"]).unwrap(), [ev(None, "x")]);
+        assert_eq!(
+            collect(&[b"\xEF", b"\xBB", b"\xBFdata: x\n\n"]).unwrap(),
+            [ev(None, "x")]
+        );
         // Not a BOM after all: the held-back bytes come back as content.
         let near = b"\xEF\xBBdata: x\n\ndata: y\n\n";
         assert_eq!(collect(&[near]).unwrap(), [ev(None, "y")]);
         let pieces: Vec<&[u8]> = near.chunks(1).collect();
         assert_eq!(collect(&pieces).unwrap(), [ev(None, "y")]);
         let mid = b"data: \xEF\xBB\xBFx\n\n";
-        assert_eq!(collect(&[mid]).unwrap(), [(None, b"\xEF\xBB\xBFx".to_vec())]);
-        assert_eq!(collect(&[b"", b"\xEF\xBB", b"", b"\xBF", b"data: z\n\n"]).unwrap(), [ev(None, "z")]);
+        assert_eq!(
+            collect(&[mid]).unwrap(),
+            [(None, b"\xEF\xBB\xBFx".to_vec())]
+        );
+        assert_eq!(
+            collect(&[b"", b"\xEF\xBB", b"", b"\xBF", b"data: z\n\n"]).unwrap(),
+            [ev(None, "z")]
+        );
     }
 
     #[test]
@@ -418,9 +445,13 @@ mod tests {
         // At the limit is fine.
         let mut p = SseParser::new(16);
         let mut got = Vec::new();
-        p.feed(b"data: 0123456789abcdef\n\n", |e| got.push(e.data.to_vec())).unwrap();
+        p.feed(b"data: 0123456789abcdef\n\n", |e| got.push(e.data.to_vec()))
+            .unwrap();
         assert_eq!(got, [b"0123456789abcdef".to_vec()]);
-        assert_eq!(SseError::EventTooLarge { limit: 16 }.to_string(), "SSE event larger than 16 bytes");
+        assert_eq!(
+            SseError::EventTooLarge { limit: 16 }.to_string(),
+            "SSE event larger than 16 bytes"
+        );
     }
 
     #[test]

@@ -32,7 +32,11 @@ pub fn resolve_targets(providers: &[Provider]) -> Vec<Target> {
         .map(|p| {
             let display = format!("{}:{}", p.host, p.port);
             if p.format == ProviderFormat::Mock || !p.active() {
-                return Target { addrs: Vec::new(), display, resolve_error: None };
+                return Target {
+                    addrs: Vec::new(),
+                    display,
+                    resolve_error: None,
+                };
             }
             match (p.host.as_str(), p.port).to_socket_addrs() {
                 Ok(addrs) => {
@@ -40,7 +44,11 @@ pub fn resolve_targets(providers: &[Provider]) -> Vec<Target> {
                     // Prefer IPv4 loopback-style order: local servers (llama-server,
                     // vLLM) usually listen on 127.0.0.1 only.
                     addrs.sort_by_key(|a| !a.is_ipv4());
-                    Target { addrs, display, resolve_error: None }
+                    Target {
+                        addrs,
+                        display,
+                        resolve_error: None,
+                    }
                 }
                 Err(e) => Target {
                     addrs: Vec::new(),
@@ -95,7 +103,10 @@ impl Pools {
                 // Drop the oldest: LIFO keeps the warm end.
                 stack.remove(0);
             }
-            stack.push(Idle { stream, since: Instant::now() });
+            stack.push(Idle {
+                stream,
+                since: Instant::now(),
+            });
         }
     }
 

@@ -47,7 +47,10 @@ impl Router {
         let cfg_path = dir.join("config.toml");
         std::fs::write(&cfg_path, text).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_opensourcellmrouter"));
-        cmd.arg(&cfg_path).current_dir(&dir).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.arg(&cfg_path)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -77,7 +80,13 @@ impl Router {
             Ok(Err(out)) => panic!("router exited before listening:\n{out}"),
             Err(_) => panic!("router did not start in time"),
         };
-        Router { addr, child, dir, log_path, stderr_lines: lines }
+        Router {
+            addr,
+            child,
+            dir,
+            log_path,
+            stderr_lines: lines,
+        }
     }
 
     pub fn connect(&self) -> TcpStream {
@@ -92,11 +101,28 @@ impl Router {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-            let complete: Vec<&str> = if text.ends_with('\n') { text.lines().collect() } else { text.lines().rev().skip(1).collect::<Vec<_>>().into_iter().rev().collect() };
+            let complete: Vec<&str> = if text.ends_with('\n') {
+                text.lines().collect()
+            } else {
+                text.lines()
+                    .rev()
+                    .skip(1)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect()
+            };
             if complete.len() >= n {
-                return complete.iter().map(|l| serde_json::from_str(l).expect("log line is JSON")).collect();
+                return complete
+                    .iter()
+                    .map(|l| serde_json::from_str(l).expect("log line is JSON"))
+                    .collect();
             }
-            assert!(Instant::now() < deadline, "expected {n} log lines, have {}:\n{text}", complete.len());
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} log lines, have {}:\n{text}",
+                complete.len()
+            );
             thread::sleep(Duration::from_millis(5));
         }
     }
@@ -126,13 +152,24 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -147,7 +184,10 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(stream: TcpStream) -> Self {
-        Reader { stream, buf: Vec::new() }
+        Reader {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     fn fill(&mut self) -> std::io::Result<usize> {
@@ -200,14 +240,29 @@ impl Reader {
             let (n, v) = l.split_once(':')?;
             headers.push((n.to_string(), v.trim().to_string()));
         }
-        let mut resp = Response { status, headers, body: Vec::new(), chunks: Vec::new() };
+        let mut resp = Response {
+            status,
+            headers,
+            body: Vec::new(),
+            chunks: Vec::new(),
+        };
         if head_request || status == 100 || status == 204 || status == 304 {
             return Some(resp);
         }
-        if resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        if resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
             loop {
                 let size_line = self.line()?;
-                let size = usize::from_str_radix(String::from_utf8_lossy(&size_line).split(';').next()?.trim(), 16).ok()?;
+                let size = usize::from_str_radix(
+                    String::from_utf8_lossy(&size_line)
+                        .split(';')
+                        .next()?
+                        .trim(),
+                    16,
+                )
+                .ok()?;
                 if size == 0 {
                     // trailers until empty line
                     loop {
@@ -263,7 +318,10 @@ pub fn raw(router: &Router, bytes: &[u8]) -> (Option<Response>, Reader) {
 
 /// POST a JSON body with extra headers; returns the response.
 pub fn post(router: &Router, path: &str, body: &str, headers: &[(&str, &str)]) -> Response {
-    let mut req = format!("POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -274,7 +332,10 @@ pub fn post(router: &Router, path: &str, body: &str, headers: &[(&str, &str)]) -
 }
 
 pub fn get(router: &Router, path: &str) -> Response {
-    let (resp, _) = raw(router, format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+    let (resp, _) = raw(
+        router,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+    );
     resp.expect("a response")
 }
 
@@ -295,7 +356,10 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap()
@@ -311,7 +375,10 @@ pub enum Reply {
     /// Write these pieces, then close the connection.
     PiecesThenClose(Vec<Vec<u8>>),
     /// Write the pieces, then wait for the `release` signal before continuing with `rest`.
-    Gated { first: Vec<Vec<u8>>, rest: Vec<Vec<u8>> },
+    Gated {
+        first: Vec<Vec<u8>>,
+        rest: Vec<Vec<u8>>,
+    },
     /// Never answer (keep the connection open until the peer closes it).
     Hang,
     /// Close the connection without answering.
@@ -356,16 +423,35 @@ impl Upstream {
         let release_rx = Arc::new(Mutex::new(release_rx));
         let (closed_tx, closed_rx) = channel::<usize>();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (r2, rep2, d2, acc2) = (received.clone(), replies.clone(), default.clone(), accepted.clone());
+        let (r2, rep2, d2, acc2) = (
+            received.clone(),
+            replies.clone(),
+            default.clone(),
+            accepted.clone(),
+        );
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { break };
                 let conn = acc2.fetch_add(1, Ordering::SeqCst);
-                let (r, rep, d, rel, ctx) = (r2.clone(), rep2.clone(), d2.clone(), release_rx.clone(), closed_tx.clone());
+                let (r, rep, d, rel, ctx) = (
+                    r2.clone(),
+                    rep2.clone(),
+                    d2.clone(),
+                    release_rx.clone(),
+                    closed_tx.clone(),
+                );
                 thread::spawn(move || serve_upstream(stream, conn, r, rep, d, rel, ctx));
             }
         });
-        Upstream { addr, received, replies, default, release, closed_rx, accepted }
+        Upstream {
+            addr,
+            received,
+            replies,
+            default,
+            release,
+            closed_rx,
+            accepted,
+        }
     }
 
     /// Queue replies for the next requests, in order.
@@ -437,10 +523,20 @@ fn serve_upstream(
             let _ = closed.send(conn);
             return;
         };
-        received.lock().unwrap().push(Received { method, path, headers, body, conn });
+        received.lock().unwrap().push(Received {
+            method,
+            path,
+            headers,
+            body,
+            conn,
+        });
         let reply = {
             let mut q = replies.lock().unwrap();
-            if q.is_empty() { default.lock().unwrap().clone() } else { Some(q.remove(0)) }
+            if q.is_empty() {
+                default.lock().unwrap().clone()
+            } else {
+                Some(q.remove(0))
+            }
         };
         let reply = reply.unwrap_or_else(|| json_reply(200, r#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"default"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#));
         let write_all = |w: &mut TcpStream, pieces: &[Vec<u8>]| -> bool {
@@ -476,7 +572,10 @@ fn serve_upstream(
                         let _ = closed2.send(conn);
                     }
                 });
-                let _ = release.lock().unwrap().recv_timeout(Duration::from_secs(20));
+                let _ = release
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(20));
                 write_all(&mut writer, &rest);
                 let _ = writer.shutdown(Shutdown::Write);
                 return;
@@ -484,7 +583,9 @@ fn serve_upstream(
             Reply::Hang => {
                 // Wait for the peer to close: a read returning 0 or an error.
                 let mut b = [0u8; 1];
-                let _ = reader.get_mut().set_read_timeout(Some(Duration::from_secs(30)));
+                let _ = reader
+                    .get_mut()
+                    .set_read_timeout(Some(Duration::from_secs(30)));
                 let _ = reader.read(&mut b);
                 let _ = closed.send(conn);
                 return;

@@ -1,0 +1,1211 @@
+//! `loadtest compare`: one command that measures direct-to-mock and through
+//! each target, side by side.
+//!
+//! It starts the mock (pinned to the load CPU), the router with a generated
+//! config (pinned to its own CPU) and, when given, the reference systems;
+//! then, for plain and streamed requests and for each load point (concurrency
+//! 1, each fixed rate, max throughput), runs the load against the mock
+//! directly and through every target, in turn. It prints added latency
+//! (target − direct, same percentile, same point), CPU µs per request of the
+//! target process (its CPU time over the measured window / requests completed
+//! in it) and its RSS before and after.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::args::{Args, parse_list};
+use crate::http::{Url, post_request};
+use crate::load::{self, LoadConfig, Mode, Report};
+use crate::{procfs, rt};
+
+pub const USAGE: &str = "\
+loadtest compare --router-bin PATH [--router-config FILE] [--nginx-config FILE]
+                 [--original-bin PATH [--original-config FILE]] [--litellm-config FILE]
+                 [--duration 10s] [--warmup 2s] [--rates 1000,5000,10000]
+                 [--max-concurrency 64] [--events 20] [--interval-ms 0] [--first-byte-ms 0]
+                 [--router-cpu N] [--load-cpu N] [--model M] [--timeout 5s]
+                 [--keep] [--keep-awake] [--quick] [--json]
+
+Starts the mock and the router (generated config unless --router-config),
+measures direct-to-mock and through each target at concurrency 1, at each
+rate and at max throughput, plain and streamed, and prints added latency,
+CPU µs per request and RSS of each target. Reference targets (nginx as a
+plain reverse proxy, the original router, LiteLLM) run when their config or
+binary is given and installed. Config files given for targets are templates:
+@MOCK_ADDR@ (host:port of the mock), @MOCK_URL@ (http://host:port/v1),
+@PORT@ (the port the target must listen on) and @TMPDIR@ are replaced.
+--keep keeps the temporary directory (configs, logs). --keep-awake runs a
+SCHED_IDLE busy thread on each pinned CPU so idle vCPUs do not halt (like
+booting with idle=poll; on VMs it removes tens of µs of wake-up latency from
+every hop; its CPU time is not charged to any target).
+--quick: a few-second smoke (router and direct, concurrency 1 and 200 req/s);
+exits non-zero if any request failed, never on timings.
+";
+
+#[derive(Debug, Clone)]
+struct Options {
+    router_bin: PathBuf,
+    router_config: Option<PathBuf>,
+    nginx_config: Option<PathBuf>,
+    nginx_bin: String,
+    original_bin: Option<PathBuf>,
+    original_config: Option<PathBuf>,
+    litellm_config: Option<PathBuf>,
+    litellm_bin: String,
+    duration: Duration,
+    warmup: Duration,
+    rates: Vec<f64>,
+    max_concurrency: usize,
+    events: usize,
+    interval_ms: f64,
+    first_byte_ms: f64,
+    router_cpu: Option<usize>,
+    load_cpu: Option<usize>,
+    model: String,
+    keep: bool,
+    keep_awake: bool,
+    quick: bool,
+    json: bool,
+    timeout: Duration,
+}
+
+fn options(argv: &[String]) -> Result<Options, String> {
+    let a = Args::parse(
+        argv,
+        &[
+            "router-bin",
+            "router-config",
+            "nginx-config",
+            "nginx-bin",
+            "original-bin",
+            "original-config",
+            "litellm-config",
+            "litellm-bin",
+            "duration",
+            "warmup",
+            "rates",
+            "max-concurrency",
+            "events",
+            "interval-ms",
+            "first-byte-ms",
+            "router-cpu",
+            "load-cpu",
+            "model",
+            "timeout",
+        ],
+        &["quick", "json", "keep", "keep-awake"],
+    )?;
+    let quick = a.flag("quick");
+    let rates = match a.str("rates") {
+        Some(r) => parse_list::<f64>(r)
+            .filter(|v| !v.is_empty() && v.iter().all(|&x| x > 0.0))
+            .ok_or("bad --rates")?,
+        None if quick => vec![200.0],
+        None => vec![1000.0, 5000.0, 10000.0],
+    };
+    Ok(Options {
+        router_bin: absolute(a.str("router-bin").ok_or("--router-bin is required")?)?,
+        router_config: a.str("router-config").map(PathBuf::from),
+        nginx_config: a.str("nginx-config").map(PathBuf::from),
+        nginx_bin: a.str("nginx-bin").unwrap_or("nginx").into(),
+        original_bin: a.str("original-bin").map(absolute).transpose()?,
+        original_config: a.str("original-config").map(PathBuf::from),
+        litellm_config: a.str("litellm-config").map(PathBuf::from),
+        litellm_bin: a.str("litellm-bin").unwrap_or("litellm").into(),
+        duration: a.duration_or(
+            "duration",
+            if quick {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(10)
+            },
+        )?,
+        warmup: a.duration_or(
+            "warmup",
+            if quick {
+                Duration::from_millis(300)
+            } else {
+                Duration::from_secs(2)
+            },
+        )?,
+        rates,
+        max_concurrency: a.parse_or("max-concurrency", 64usize)?.max(1),
+        events: a.parse_or("events", 20usize)?.max(1),
+        interval_ms: a.parse_or("interval-ms", 0.0)?,
+        first_byte_ms: a.parse_or("first-byte-ms", 0.0)?,
+        router_cpu: a.opt("router-cpu")?,
+        load_cpu: a.opt("load-cpu")?,
+        model: a.str("model").unwrap_or("bench-model").into(),
+        keep: a.flag("keep"),
+        keep_awake: a.flag("keep-awake"),
+        quick,
+        json: a.flag("json"),
+        timeout: a.duration_or("timeout", Duration::from_secs(5))?,
+    })
+}
+
+/// Targets run in their own directories: resolve binaries first.
+fn absolute(p: &str) -> Result<PathBuf, String> {
+    fs::canonicalize(p).map_err(|e| format!("{p}: {e}"))
+}
+
+/// A process we started; stopped (TERM, then KILL) when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let family = procfs::tree(self.pid());
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Descendants it started (nginx workers, uvicorn workers) that outlived it.
+        for p in family.into_iter().skip(1) {
+            if Path::new(&format!("/proc/{p}")).exists() {
+                // SAFETY: kill(2) on a process our child started.
+                unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Spawn `cmd` pinned to `cpu`, dying with us; its stderr goes to `log`,
+/// and every stderr line is also sent to the returned channel.
+fn spawn(
+    name: &str,
+    mut cmd: Command,
+    cpu: Option<usize>,
+    log: &Path,
+) -> Result<(Proc, mpsc::Receiver<String>), String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(
+            fs::File::create(log.with_extension("stdout.log")).map_err(|e| e.to_string())?,
+        ))
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe syscalls run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(cpu) = cpu {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let (tx, rx) = mpsc::channel();
+    let mut out = fs::File::create(log).map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(out, "{line}");
+            let _ = tx.send(line);
+        }
+    });
+    Ok((
+        Proc {
+            name: name.to_string(),
+            child,
+        },
+        rx,
+    ))
+}
+
+/// Wait for a stderr line containing `marker` and return the word after it.
+fn wait_for_line(
+    p: &mut Proc,
+    rx: &mpsc::Receiver<String>,
+    marker: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "{} did not print `{marker}` within {timeout:?}; its stderr:\n{}",
+                p.name,
+                seen.join("\n")
+            ));
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(100))) {
+            Ok(line) => {
+                if let Some(i) = line.find(marker) {
+                    let rest = &line[i + marker.len()..];
+                    return Ok(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+                seen.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(st) = p.exited() {
+                    return Err(format!(
+                        "{} exited ({st}); its stderr:\n{}",
+                        p.name,
+                        seen.join("\n")
+                    ));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let st = p.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                return Err(format!(
+                    "{} exited ({st}); its stderr:\n{}",
+                    p.name,
+                    seen.join("\n")
+                ));
+            }
+        }
+    }
+}
+
+/// Wait until `addr` accepts TCP connections.
+fn wait_for_port(p: &mut Proc, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Some(st) = p.exited() {
+            return Err(format!(
+                "{} exited ({st}) before listening on {addr}",
+                p.name
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "{} did not listen on {addr} within {timeout:?}",
+        p.name
+    ))
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+fn in_path(bin: &str) -> bool {
+    if bin.contains('/') {
+        return Path::new(bin).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+fn render_template(
+    src: &Path,
+    dst: &Path,
+    mock: SocketAddr,
+    port: u16,
+    tmp: &Path,
+) -> Result<(), String> {
+    let t = fs::read_to_string(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+    let out = t
+        .replace("@MOCK_ADDR@", &mock.to_string())
+        .replace("@MOCK_URL@", &format!("http://{mock}/v1"))
+        .replace("@PORT@", &port.to_string())
+        .replace("@TMPDIR@", &tmp.display().to_string());
+    fs::write(dst, out).map_err(|e| format!("cannot write {}: {e}", dst.display()))
+}
+
+/// Ten tags of ten keywords; the default prompt hits two of them.
+const TAGS: [(&str, [&str; 10]); 10] = [
+    (
+        "database",
+        [
+            "database",
+            "index",
+            "query",
+            "sql",
+            "table",
+            "schema",
+            "transaction",
+            "postgres",
+            "sqlite",
+            "btree",
+        ],
+    ),
+    (
+        "summary",
+        [
+            "summarize",
+            "summary",
+            "tl;dr",
+            "in two sentences",
+            "recap",
+            "condense",
+            "abstract",
+            "brief",
+            "outline",
+            "gist",
+        ],
+    ),
+    (
+        "code",
+        [
+            "function",
+            "class ",
+            "import ",
+            "def ",
+            "fn ",
+            "compile",
+            "stack trace",
+            "refactor",
+            "unit test",
+            "lambda",
+        ],
+    ),
+    (
+        "vision",
+        [
+            "image",
+            "photo",
+            "screenshot",
+            "diagram",
+            "picture",
+            "pixel",
+            "camera",
+            "render",
+            "draw",
+            "chart",
+        ],
+    ),
+    (
+        "math",
+        [
+            "integral",
+            "derivative",
+            "equation",
+            "theorem",
+            "matrix",
+            "proof",
+            "algebra",
+            "calculus",
+            "vector",
+            "prime",
+        ],
+    ),
+    (
+        "translation",
+        [
+            "translate",
+            "translation",
+            "in french",
+            "in german",
+            "in spanish",
+            "into english",
+            "localize",
+            "bilingual",
+            "idiom",
+            "glossary",
+        ],
+    ),
+    (
+        "legal",
+        [
+            "contract",
+            "lawsuit",
+            "liability",
+            "clause",
+            "statute",
+            "plaintiff",
+            "defendant",
+            "jurisdiction",
+            "tort",
+            "indemnify",
+        ],
+    ),
+    (
+        "medical",
+        [
+            "symptom",
+            "diagnosis",
+            "dosage",
+            "prescription",
+            "clinical",
+            "patient",
+            "disease",
+            "therapy",
+            "vaccine",
+            "allergy",
+        ],
+    ),
+    (
+        "finance",
+        [
+            "invoice",
+            "portfolio",
+            "dividend",
+            "mortgage",
+            "interest rate",
+            "ledger",
+            "audit",
+            "equity",
+            "bond yield",
+            "forex",
+        ],
+    ),
+    (
+        "travel",
+        [
+            "itinerary",
+            "flight",
+            "hotel",
+            "passport",
+            "visa",
+            "luggage",
+            "airport",
+            "boarding",
+            "layover",
+            "sightseeing",
+        ],
+    ),
+];
+
+/// The router's config: one openai-format provider at the mock, the keyword
+/// classifier (10 tags / 100 keywords), a five-rule chain whose last rule
+/// matches, JSONL logging, one worker, port 0.
+fn router_config(mock: SocketAddr, tmp: &Path, original: Option<u16>) -> String {
+    let mut s = String::new();
+    s += "# generated by loadtest compare\n[server]\nhost = \"127.0.0.1\"\n";
+    match original {
+        // The original router knows neither `workers` nor port 0.
+        Some(port) => s += &format!("port = {port}\n"),
+        None => s += "port = 0\nworkers = 1\n",
+    }
+    s += "dashboard = false\n\n[logging]\nenabled = true\n";
+    s += &format!("path = \"{}\"\n\n", tmp.join("requests.jsonl").display());
+    s += &format!(
+        "[[providers]]\nname = \"upstream\"\nformat = \"openai\"\nbase_url = \"http://{mock}/v1\"\n\n"
+    );
+    s += "[classifiers.keyword]\nenabled = true\n\n[classifiers.keyword.tags]\n";
+    for (tag, kws) in TAGS {
+        let list: Vec<String> = kws.iter().map(|k| format!("\"{k}\"")).collect();
+        s += &format!("{tag} = [{}]\n", list.join(", "));
+    }
+    s += "\n[[routers]]\ntype = \"prefix\"\nmodel_prefix = \"local/\"\nprovider = \"upstream\"\n";
+    s += "\n[[routers]]\ntype = \"prefix\"\nmodel_prefix = \"claude-\"\nprovider = \"upstream\"\n";
+    s += "\n[[routers]]\ntype = \"tag\"\ntag = \"finance\"\nprovider = \"upstream\"\n";
+    s += "\n[[routers]]\ntype = \"tag\"\ntag = \"travel\"\nprovider = \"upstream\"\n";
+    s += "\n[[routers]]\ntype = \"fallback\"\nproviders = [\"upstream\"]\n";
+    s
+}
+
+/// A reference target that was started (or why not).
+type Started = Result<(Proc, SocketAddr), String>;
+
+/// One thing measured: the mock itself or a proxy in front of it.
+struct Target {
+    name: String,
+    url: Url,
+    proc_index: Option<usize>,
+    pid: u32,
+    rss_idle_kb: u64,
+    rss_after_kb: u64,
+    dead: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Run {
+    target: String,
+    stream: bool,
+    point: String,
+    report: Report,
+    /// CPU time of the target process tree in the measured window / requests
+    /// completed in it.
+    cpu_us_per_req: Option<f64>,
+    /// Target − direct at the same point (µs); absent for `direct`.
+    added_p50_us: Option<i64>,
+    added_p99_us: Option<i64>,
+    added_ttfb_p99_us: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct TargetSummary {
+    name: String,
+    pid: u32,
+    rss_idle_kb: u64,
+    rss_after_kb: u64,
+    failure: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Output {
+    duration_s: f64,
+    warmup_s: f64,
+    router_cpu: Option<usize>,
+    load_cpu: Option<usize>,
+    mock_events: usize,
+    mock_interval_ms: f64,
+    driver: &'static str,
+    targets: Vec<TargetSummary>,
+    skipped: Vec<String>,
+    runs: Vec<Run>,
+    errors_total: u64,
+}
+
+struct Point {
+    label: String,
+    mode: Mode,
+}
+
+pub fn main(argv: &[String]) -> Result<bool, String> {
+    let o = options(argv)?;
+    rt::raise_nofile();
+    let cpus = rt::allowed_cpus();
+    let (router_cpu, load_cpu) = if cpus.len() >= 2 {
+        (
+            Some(o.router_cpu.unwrap_or(cpus[0])),
+            Some(o.load_cpu.unwrap_or(cpus[1])),
+        )
+    } else {
+        eprintln!("note: fewer than 2 CPUs available: nothing is pinned");
+        (None, None)
+    };
+    if let Some(c) = load_cpu {
+        rt::pin_current_thread(c).map_err(|e| format!("cannot pin to CPU {c}: {e}"))?;
+    }
+    let tmp = std::env::temp_dir().join(format!("loadtest-compare-{}", std::process::id()));
+    fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let awake = if o.keep_awake {
+        let cpus: Vec<usize> = [router_cpu, load_cpu].into_iter().flatten().collect();
+        Some(rt::KeepAwake::start(&cpus))
+    } else {
+        None
+    };
+    let result = run(&o, &tmp, router_cpu, load_cpu);
+    drop(awake);
+    if o.keep {
+        eprintln!("kept {}", tmp.display());
+    } else {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn progress(msg: &str) {
+    eprintln!("[compare] {msg}");
+}
+
+fn run(
+    o: &Options,
+    tmp: &Path,
+    router_cpu: Option<usize>,
+    load_cpu: Option<usize>,
+) -> Result<bool, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+    let mut procs: Vec<Proc> = Vec::new();
+    let mut skipped = Vec::new();
+
+    // The mock, on the load CPU.
+    let mut cmd = Command::new(&exe);
+    cmd.args(["mock", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .args([
+            "--events",
+            &o.events.to_string(),
+            "--interval-ms",
+            &o.interval_ms.to_string(),
+            "--first-byte-ms",
+            &o.first_byte_ms.to_string(),
+        ]);
+    let (mut mock, rx) = spawn("mock", cmd, load_cpu, &tmp.join("mock.log"))?;
+    let mock_url = wait_for_line(
+        &mut mock,
+        &rx,
+        "listening on http://",
+        Duration::from_secs(10),
+    )?;
+    let mock_addr: SocketAddr = mock_url
+        .parse()
+        .map_err(|_| format!("bad mock address `{mock_url}`"))?;
+    progress(&format!(
+        "mock on {mock_addr} (pid {}, CPU {})",
+        mock.pid(),
+        fmt_cpu(load_cpu)
+    ));
+    let mut targets = vec![Target {
+        name: "direct".into(),
+        url: Url::parse(&format!("http://{mock_addr}/v1/chat/completions"), "/")?,
+        proc_index: Some(0),
+        pid: mock.pid(),
+        rss_idle_kb: 0,
+        rss_after_kb: 0,
+        dead: None,
+    }];
+    procs.push(mock);
+
+    // The router, on its own CPU.
+    let config = tmp.join("router.toml");
+    match &o.router_config {
+        Some(c) => render_template(c, &config, mock_addr, 0, tmp)?,
+        None => {
+            fs::write(&config, router_config(mock_addr, tmp, None)).map_err(|e| e.to_string())?
+        }
+    }
+    let mut cmd = Command::new(&o.router_bin);
+    cmd.arg(&config).current_dir(tmp);
+    let (mut router, rx) = spawn("router", cmd, router_cpu, &tmp.join("router.log"))?;
+    let addr = wait_for_line(
+        &mut router,
+        &rx,
+        "opensourcellmrouter listening on http://",
+        Duration::from_secs(15),
+    )?;
+    progress(&format!(
+        "router on {addr} (pid {}, CPU {})",
+        router.pid(),
+        fmt_cpu(router_cpu)
+    ));
+    targets.push(Target {
+        name: "router".into(),
+        url: Url::parse(&format!("http://{addr}/v1/chat/completions"), "/")?,
+        proc_index: Some(procs.len()),
+        pid: router.pid(),
+        rss_idle_kb: 0,
+        rss_after_kb: 0,
+        dead: None,
+    });
+    procs.push(router);
+
+    if !o.quick {
+        start_references(
+            o,
+            tmp,
+            mock_addr,
+            router_cpu,
+            &mut procs,
+            &mut targets,
+            &mut skipped,
+        );
+    } else if o.nginx_config.is_some() || o.original_bin.is_some() || o.litellm_config.is_some() {
+        skipped.push("reference targets are not measured with --quick".into());
+    }
+    for s in &skipped {
+        progress(&format!("skipped: {s}"));
+    }
+
+    std::thread::sleep(Duration::from_millis(300));
+    for t in targets.iter_mut() {
+        t.rss_idle_kb = procfs::tree_rss_kb(t.pid);
+    }
+
+    let mut points = vec![Point {
+        label: "c=1".into(),
+        mode: Mode::Concurrency(1),
+    }];
+    for &r in &o.rates {
+        points.push(Point {
+            label: format!("{r}/s"),
+            mode: Mode::Rate(r),
+        });
+    }
+    if !o.quick {
+        points.push(Point {
+            label: format!("max c={}", o.max_concurrency),
+            mode: Mode::Concurrency(o.max_concurrency),
+        });
+    }
+
+    let mut runs: Vec<Run> = Vec::new();
+    for stream in [false, true] {
+        for p in &points {
+            for t in targets.iter_mut() {
+                if let Some(reason) = &t.dead {
+                    progress(&format!("{}: skipped ({reason})", t.name));
+                    continue;
+                }
+                let body = load::default_body(&o.model, stream);
+                let cfg = LoadConfig {
+                    request: post_request(&t.url, &body),
+                    url: t.url.clone(),
+                    mode: p.mode,
+                    duration: o.duration,
+                    warmup: o.warmup,
+                    stream,
+                    threads: 1,
+                    timeout: o.timeout,
+                    connect_timeout: Duration::from_secs(3),
+                    max_conns: 10_000,
+                    cpu: load_cpu,
+                    spin: None,
+                };
+                let (report, cpu_ns) = measure(&cfg, t.pid)?;
+                let cpu_us_per_req = (report.ok > 0)
+                    .then(|| (cpu_ns as f64 / 1e3 / report.ok as f64 * 100.0).round() / 100.0);
+                progress(&format!(
+                    "{:<6} {:<11} {:<8} {:>9.1} req/s  p50 {:>6} µs  p99 {:>6} µs  cpu {:>6} µs/req  errors {}",
+                    if stream { "stream" } else { "plain" },
+                    p.label,
+                    t.name,
+                    report.achieved_rps,
+                    report.latency_us.p50,
+                    report.latency_us.p99,
+                    cpu_us_per_req.map_or("-".into(), |c| format!("{c:.1}")),
+                    report.errors_total
+                ));
+                runs.push(Run {
+                    target: t.name.clone(),
+                    stream,
+                    point: p.label.clone(),
+                    report,
+                    cpu_us_per_req,
+                    added_p50_us: None,
+                    added_p99_us: None,
+                    added_ttfb_p99_us: None,
+                });
+                if let Some(pi) = t.proc_index
+                    && let Some(st) = procs[pi].exited()
+                {
+                    let why = format!("{} exited ({st})", procs[pi].name);
+                    progress(&why);
+                    t.dead = Some(why);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    for t in targets.iter_mut() {
+        if t.dead.is_none() {
+            t.rss_after_kb = procfs::tree_rss_kb(t.pid);
+        }
+    }
+    added_latency(&mut runs);
+    let errors_total: u64 = runs.iter().map(|r| r.report.errors_total).sum();
+    let dead = targets.iter().any(|t| t.dead.is_some());
+    let out = Output {
+        duration_s: o.duration.as_secs_f64(),
+        warmup_s: o.warmup.as_secs_f64(),
+        router_cpu,
+        load_cpu,
+        mock_events: o.events,
+        mock_interval_ms: o.interval_ms,
+        driver: if rt::uring() { "io_uring" } else { "epoll" },
+        targets: targets
+            .iter()
+            .map(|t| TargetSummary {
+                name: t.name.clone(),
+                pid: t.pid,
+                rss_idle_kb: t.rss_idle_kb,
+                rss_after_kb: t.rss_after_kb,
+                failure: t.dead.clone(),
+            })
+            .collect(),
+        skipped,
+        runs,
+        errors_total,
+    };
+    if o.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", render(&out, &points));
+    }
+    drop(procs);
+    if o.quick {
+        if errors_total > 0 || dead {
+            eprintln!(
+                "compare --quick: FAILED ({errors_total} request errors{})",
+                if dead { ", a target exited" } else { "" }
+            );
+            return Ok(false);
+        }
+        eprintln!("compare --quick: ok (0 errors)");
+    }
+    Ok(!dead)
+}
+
+fn fmt_cpu(c: Option<usize>) -> String {
+    c.map_or("any".into(), |c| c.to_string())
+}
+
+/// Run one load and the CPU time the target spent in its measured window.
+fn measure(cfg: &LoadConfig, pid: u32) -> Result<(Report, u64), String> {
+    let start = Instant::now() + Duration::from_millis(30);
+    let window_start = start + cfg.warmup;
+    let window_end = window_start + cfg.duration;
+    let sampler = std::thread::spawn(move || {
+        sleep_until(window_start);
+        let a = procfs::tree_cpu_ns(pid);
+        sleep_until(window_end);
+        let b = procfs::tree_cpu_ns(pid);
+        b.saturating_sub(a)
+    });
+    let report = load::run(cfg, start)?;
+    let cpu = sampler.join().unwrap_or(0);
+    Ok((report, cpu))
+}
+
+fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+fn added_latency(runs: &mut [Run]) {
+    let direct: BTreeMap<(bool, String), (u64, u64, Option<u64>)> = runs
+        .iter()
+        .filter(|r| r.target == "direct")
+        .map(|r| {
+            (
+                (r.stream, r.point.clone()),
+                (
+                    r.report.latency_us.p50,
+                    r.report.latency_us.p99,
+                    r.report.ttfb_us.as_ref().map(|t| t.p99),
+                ),
+            )
+        })
+        .collect();
+    for r in runs.iter_mut().filter(|r| r.target != "direct") {
+        if let Some(&(p50, p99, ttfb)) = direct.get(&(r.stream, r.point.clone()))
+            && r.report.latency_us.count > 0
+        {
+            r.added_p50_us = Some(r.report.latency_us.p50 as i64 - p50 as i64);
+            r.added_p99_us = Some(r.report.latency_us.p99 as i64 - p99 as i64);
+            if let (Some(d), Some(t)) = (ttfb, &r.report.ttfb_us) {
+                r.added_ttfb_p99_us = Some(t.p99 as i64 - d as i64);
+            }
+        }
+    }
+}
+
+fn start_references(
+    o: &Options,
+    tmp: &Path,
+    mock: SocketAddr,
+    cpu: Option<usize>,
+    procs: &mut Vec<Proc>,
+    targets: &mut Vec<Target>,
+    skipped: &mut Vec<String>,
+) {
+    let mut started: Vec<(&str, Started)> = Vec::new();
+    match &o.nginx_config {
+        None => {
+            skipped.push("nginx: no --nginx-config given (see loadtest/nginx.conf.template)".into())
+        }
+        Some(_) if !in_path(&o.nginx_bin) => {
+            skipped.push(format!("nginx: `{}` is not installed", o.nginx_bin))
+        }
+        Some(c) => {
+            let r = (|| {
+                let port = free_port()?;
+                let dir = tmp.join("nginx");
+                fs::create_dir_all(dir.join("logs")).map_err(|e| e.to_string())?;
+                let conf = dir.join("nginx.conf");
+                render_template(c, &conf, mock, port, &dir)?;
+                let mut cmd = Command::new(&o.nginx_bin);
+                cmd.arg("-p")
+                    .arg(&dir)
+                    .arg("-c")
+                    .arg(&conf)
+                    .args(["-g", "daemon off;"]);
+                let (mut p, _rx) = spawn("nginx", cmd, cpu, &tmp.join("nginx.log"))?;
+                let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+                wait_for_port(&mut p, addr, Duration::from_secs(10))?;
+                Ok((p, addr))
+            })();
+            started.push(("nginx", r));
+        }
+    }
+    match &o.original_bin {
+        None => skipped.push("original router: no --original-bin given".into()),
+        Some(b) if !b.is_file() => {
+            skipped.push(format!("original router: {} does not exist", b.display()))
+        }
+        Some(b) => {
+            let r = (|| {
+                let port = free_port()?;
+                let dir = tmp.join("original");
+                fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                let conf = dir.join("config.toml");
+                match &o.original_config {
+                    Some(c) => render_template(c, &conf, mock, port, &dir)?,
+                    None => fs::write(&conf, router_config(mock, &dir, Some(port)))
+                        .map_err(|e| e.to_string())?,
+                }
+                // It reads ./config.toml.
+                let mut cmd = Command::new(b);
+                cmd.current_dir(&dir);
+                let (mut p, _rx) = spawn("original", cmd, cpu, &tmp.join("original.log"))?;
+                let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+                wait_for_port(&mut p, addr, Duration::from_secs(20))?;
+                Ok((p, addr))
+            })();
+            started.push(("original", r));
+        }
+    }
+    match &o.litellm_config {
+        None => skipped
+            .push("LiteLLM: no --litellm-config given (see loadtest/litellm.yaml.template)".into()),
+        Some(_) if !in_path(&o.litellm_bin) => {
+            skipped.push(format!("LiteLLM: `{}` is not installed", o.litellm_bin))
+        }
+        Some(c) => {
+            let r = (|| {
+                let port = free_port()?;
+                let dir = tmp.join("litellm");
+                fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                let conf = dir.join("litellm.yaml");
+                render_template(c, &conf, mock, port, &dir)?;
+                let mut cmd = Command::new(&o.litellm_bin);
+                cmd.arg("--config")
+                    .arg(&conf)
+                    .args([
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        &port.to_string(),
+                        "--num_workers",
+                        "1",
+                    ])
+                    .current_dir(&dir);
+                let (mut p, _rx) = spawn("litellm", cmd, cpu, &tmp.join("litellm.log"))?;
+                let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+                wait_for_port(&mut p, addr, Duration::from_secs(120))?;
+                Ok((p, addr))
+            })();
+            started.push(("litellm", r));
+        }
+    }
+    for (name, r) in started {
+        match r.and_then(|(p, addr)| {
+            Url::parse(&format!("http://{addr}/v1/chat/completions"), "/").map(|u| (p, addr, u))
+        }) {
+            Ok((p, addr, url)) => {
+                progress(&format!("{name} on {addr} (pid {})", p.pid()));
+                targets.push(Target {
+                    name: name.into(),
+                    url,
+                    proc_index: Some(procs.len()),
+                    pid: p.pid(),
+                    rss_idle_kb: 0,
+                    rss_after_kb: 0,
+                    dead: None,
+                });
+                procs.push(p);
+            }
+            Err(e) => skipped.push(format!("{name}: {e}")),
+        }
+    }
+}
+
+fn render(out: &Output, points: &[Point]) -> String {
+    let mut s = String::new();
+    s += &format!(
+        "\nloadtest compare — {} per point after {} warmup; router CPU {}, mock + load CPU {}; {} driver; mock: {} events, {} ms apart\n",
+        secs(out.duration_s),
+        secs(out.warmup_s),
+        fmt_cpu(out.router_cpu),
+        fmt_cpu(out.load_cpu),
+        out.driver,
+        out.mock_events,
+        out.mock_interval_ms
+    );
+    s += "latencies in µs; added = target − direct at the same point and percentile; CPU = target process µs per request\n";
+    for stream in [false, true] {
+        s += &format!(
+            "\n{}\n",
+            if stream {
+                format!("STREAMED ({} events)", out.mock_events)
+            } else {
+                "PLAIN".to_string()
+            }
+        );
+        if stream {
+            s += &format!(
+                "{:<12} {:<9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}  {}\n",
+                "point",
+                "target",
+                "req/s",
+                "P50",
+                "P99",
+                "P99.9",
+                "max",
+                "TTFB50",
+                "TTFB99",
+                "+P50",
+                "+P99",
+                "+TTFB99",
+                "CPU/req",
+                "errors"
+            );
+        } else {
+            s += &format!(
+                "{:<12} {:<9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>8}  {}\n",
+                "point",
+                "target",
+                "req/s",
+                "P50",
+                "P90",
+                "P99",
+                "P99.9",
+                "max",
+                "+P50",
+                "+P99",
+                "CPU/req",
+                "errors"
+            );
+        }
+        for p in points {
+            for r in out
+                .runs
+                .iter()
+                .filter(|r| r.stream == stream && r.point == p.label)
+            {
+                let l = &r.report.latency_us;
+                let add = |v: Option<i64>| v.map_or("-".to_string(), |v| format!("{v:+}"));
+                let cpu = r
+                    .cpu_us_per_req
+                    .map_or("-".to_string(), |c| format!("{c:.1}"));
+                let errs = if r.report.errors_total == 0 {
+                    "0".to_string()
+                } else {
+                    let kinds: Vec<String> = r
+                        .report
+                        .errors
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    format!("{} ({})", r.report.errors_total, kinds.join(" "))
+                };
+                if stream {
+                    let t = r.report.ttfb_us.clone().unwrap_or_default();
+                    s += &format!(
+                        "{:<12} {:<9} {:>9.0} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}  {}\n",
+                        r.point,
+                        r.target,
+                        r.report.achieved_rps,
+                        l.p50,
+                        l.p99,
+                        l.p999,
+                        l.max,
+                        t.p50,
+                        t.p99,
+                        add(r.added_p50_us),
+                        add(r.added_p99_us),
+                        add(r.added_ttfb_p99_us),
+                        cpu,
+                        errs
+                    );
+                } else {
+                    s += &format!(
+                        "{:<12} {:<9} {:>9.0} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>8}  {}\n",
+                        r.point,
+                        r.target,
+                        r.report.achieved_rps,
+                        l.p50,
+                        l.p90,
+                        l.p99,
+                        l.p999,
+                        l.max,
+                        add(r.added_p50_us),
+                        add(r.added_p99_us),
+                        cpu,
+                        errs
+                    );
+                }
+            }
+        }
+    }
+    s += "\nmemory (VmRSS of the process tree)\n";
+    for t in &out.targets {
+        let role = if t.name == "direct" {
+            "mock"
+        } else {
+            t.name.as_str()
+        };
+        s += &format!(
+            "  {:<9} idle {:>8}   after the run {:>8}{}\n",
+            role,
+            mb(t.rss_idle_kb),
+            if t.failure.is_some() {
+                "-".to_string()
+            } else {
+                mb(t.rss_after_kb)
+            },
+            t.failure
+                .as_ref()
+                .map_or(String::new(), |f| format!("   FAILED: {f}"))
+        );
+    }
+    for sk in &out.skipped {
+        s += &format!("skipped: {sk}\n");
+    }
+    s += &format!("errors: {} in total\n", out.errors_total);
+    s
+}
+
+fn secs(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s}s")
+    } else {
+        format!("{:.0}ms", s * 1e3)
+    }
+}
+
+fn mb(kb: u64) -> String {
+    format!("{:.1} MB", kb as f64 / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_config_shape() {
+        let c = router_config("127.0.0.1:9".parse().unwrap(), Path::new("/tmp/x"), None);
+        assert!(c.contains("base_url = \"http://127.0.0.1:9/v1\""));
+        assert_eq!(c.matches("[[routers]]").count(), 5);
+        let keywords: usize = TAGS.iter().map(|(_, k)| k.len()).sum();
+        assert_eq!((TAGS.len(), keywords), (10, 100));
+        assert!(c.contains("workers = 1"));
+        let orig = router_config(
+            "127.0.0.1:9".parse().unwrap(),
+            Path::new("/tmp/x"),
+            Some(7000),
+        );
+        assert!(orig.contains("port = 7000") && !orig.contains("workers"));
+    }
+}
