@@ -176,21 +176,11 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
                 let need = head.head_len + n as usize;
                 while buf.len() < need {
                     let spare = (need - buf.len()).min(1 << 20);
-                    match monoio::time::timeout(
-                        header_timeout,
-                        read_append(&mut conn.stream, buf, spare),
-                    )
-                    .await
+                    buf = match read_body_bytes(&core, &mut conn, buf, spare, header_timeout).await
                     {
-                        Ok((Ok(0), _)) | Ok((Err(_), _)) => return,
-                        Ok((Ok(_), b)) => buf = b,
-                        Err(_) => {
-                            let err =
-                                RouterError::framing(408, "request body not received in time");
-                            reject(&core, &mut conn, &[], err).await;
-                            return;
-                        }
-                    }
+                        Some(b) => b,
+                        None => return,
+                    };
                 }
                 consumed = need;
             }
@@ -235,21 +225,12 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
                     // Keep only the undecoded tail so the buffer does not grow with the body.
                     buf.drain(head.head_len..pos);
                     pos = head.head_len;
-                    match monoio::time::timeout(
-                        header_timeout,
-                        read_append(&mut conn.stream, buf, 16 * 1024),
-                    )
-                    .await
+                    buf = match read_body_bytes(&core, &mut conn, buf, 16 * 1024, header_timeout)
+                        .await
                     {
-                        Ok((Ok(0), _)) | Ok((Err(_), _)) => return,
-                        Ok((Ok(_), b)) => buf = b,
-                        Err(_) => {
-                            let err =
-                                RouterError::framing(408, "request body not received in time");
-                            reject(&core, &mut conn, &[], err).await;
-                            return;
-                        }
-                    }
+                        Some(b) => b,
+                        None => return,
+                    };
                 }
                 consumed = pos;
                 chunked_body = Some(body);
@@ -286,6 +267,26 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
         }
         if conn.up_body.capacity() > 1 << 20 {
             conn.up_body = Vec::new();
+        }
+    }
+}
+
+/// Read more request-body bytes within `timeout`; `None` when the connection
+/// is done (EOF, error, or a 408 was sent).
+async fn read_body_bytes(
+    core: &Core,
+    conn: &mut ClientConn,
+    buf: Vec<u8>,
+    spare: usize,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
+    match monoio::time::timeout(timeout, read_append(&mut conn.stream, buf, spare)).await {
+        Ok((Ok(0), _)) | Ok((Err(_), _)) => None,
+        Ok((Ok(_), b)) => Some(b),
+        Err(_) => {
+            let err = RouterError::framing(408, "request body not received in time");
+            reject(core, conn, &[], err).await;
+            None
         }
     }
 }

@@ -274,20 +274,6 @@ pub async fn chat_completions(
             .await;
         }
     };
-    let top = match json::scan_top_level(req.body) {
-        Ok(t) => t,
-        Err(e) => {
-            return finish_error(
-                core,
-                conn,
-                req,
-                &mut ctx,
-                family,
-                RouterError::bad_request(e.0),
-            )
-            .await;
-        }
-    };
     ctx.requested_model = Some(info.model.clone());
     ctx.stream = info.stream;
     ctx.messages = Some(info.messages_json.clone());
@@ -364,7 +350,7 @@ pub async fn chat_completions(
         ProviderFormat::OpenAi | ProviderFormat::Ollama if provider.scheme == Scheme::Http => {
             conn.up_req.clear();
             let mut up_req = std::mem::take(&mut conn.up_req);
-            build_upstream_request(core, req, pidx, &top, rewrite.as_deref(), &mut up_req);
+            build_upstream_request(core, req, pidx, &info.top, rewrite.as_deref(), &mut up_req);
             proxy(core, conn, req, ctx, pidx, up_req).await
         }
         ProviderFormat::OpenAi | ProviderFormat::Ollama => {
@@ -663,150 +649,24 @@ async fn proxy_inner(
     // Buffered reply: read it whole (usage and response tags go in the head).
     let mut body = std::mem::take(&mut conn.up_body);
     body.clear();
-    let mut reusable = head.keep_alive;
-    let body_range: Range<usize>;
-    let mut in_body_buf = false;
-    match head.framing {
-        ResponseFraming::None => body_range = head.head_len..head.head_len,
-        ResponseFraming::ContentLength(n) => {
-            let n = n as usize;
-            if n > MAX_UPSTREAM_BODY {
-                conn.up_body = body;
-                fail!(RouterError::upstream_bad_response(
+    let read = read_whole_body(&mut armed, &mut up, &mut resp, &mut body, &head, timeout).await;
+    let (body_range, in_body_buf, reusable) = match read {
+        Ok(r) => r,
+        Err(end) => {
+            conn.up_body = body;
+            match end {
+                BodyEnd::ClientGone => client_gone!(),
+                BodyEnd::TimedOut => fail!(RouterError::upstream_timeout(
                     &provider.name,
-                    "response body too large"
-                ));
-            }
-            let need = head.head_len + n;
-            while resp.len() < need {
-                match armed.read(&mut up, resp, timeout).await {
-                    Wait::Done((Ok(k), b)) if k > 0 => resp = b,
-                    Wait::Done((_, b)) => {
-                        resp = b;
-                        conn.up_body = body;
-                        fail!(RouterError::upstream_bad_response(
-                            &provider.name,
-                            "connection closed before the end of the body"
-                        ));
-                    }
-                    Wait::TimedOut => {
-                        resp = Vec::new();
-                        conn.up_body = body;
-                        fail!(RouterError::upstream_timeout(
-                            &provider.name,
-                            &target.display,
-                            timeout.as_millis() as u64
-                        ));
-                    }
-                    Wait::ClientGone => {
-                        resp = Vec::new();
-                        conn.up_body = body;
-                        client_gone!();
-                    }
+                    &target.display,
+                    timeout.as_millis() as u64
+                )),
+                BodyEnd::Bad(why) => {
+                    fail!(RouterError::upstream_bad_response(&provider.name, &why))
                 }
             }
-            if resp.len() > need {
-                reusable = false;
-            }
-            body_range = head.head_len..need;
         }
-        ResponseFraming::Chunked => {
-            let mut dec = ChunkedDecoder::new(16 * 1024);
-            let mut ranges = Vec::new();
-            let mut pos = head.head_len;
-            loop {
-                ranges.clear();
-                match dec.feed(&resp[pos..], &mut ranges) {
-                    Ok((used, done)) => {
-                        for r in &ranges {
-                            // copy: de-chunking makes the reply contiguous for the client's Content-Length.
-                            body.extend_from_slice(&resp[pos + r.start..pos + r.end]);
-                        }
-                        pos += used;
-                        if done {
-                            if pos != resp.len() {
-                                reusable = false;
-                            }
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        conn.up_body = body;
-                        fail!(RouterError::upstream_bad_response(&provider.name, e.0));
-                    }
-                }
-                if body.len() > MAX_UPSTREAM_BODY {
-                    conn.up_body = body;
-                    fail!(RouterError::upstream_bad_response(
-                        &provider.name,
-                        "response body too large"
-                    ));
-                }
-                resp.truncate(pos.max(head.head_len));
-                match armed.read(&mut up, resp, timeout).await {
-                    Wait::Done((Ok(k), b)) if k > 0 => resp = b,
-                    Wait::Done((_, b)) => {
-                        resp = b;
-                        conn.up_body = body;
-                        fail!(RouterError::upstream_bad_response(
-                            &provider.name,
-                            "connection closed before the end of the body"
-                        ));
-                    }
-                    Wait::TimedOut => {
-                        resp = Vec::new();
-                        conn.up_body = body;
-                        fail!(RouterError::upstream_timeout(
-                            &provider.name,
-                            &target.display,
-                            timeout.as_millis() as u64
-                        ));
-                    }
-                    Wait::ClientGone => {
-                        resp = Vec::new();
-                        conn.up_body = body;
-                        client_gone!();
-                    }
-                }
-            }
-            in_body_buf = true;
-            body_range = 0..body.len();
-        }
-        ResponseFraming::UntilClose => {
-            reusable = false;
-            loop {
-                match armed.read(&mut up, resp, timeout).await {
-                    Wait::Done((Ok(k), b)) if k > 0 => resp = b,
-                    Wait::Done((_, b)) => {
-                        resp = b;
-                        break;
-                    }
-                    Wait::TimedOut => {
-                        resp = Vec::new();
-                        conn.up_body = body;
-                        fail!(RouterError::upstream_timeout(
-                            &provider.name,
-                            &target.display,
-                            timeout.as_millis() as u64
-                        ));
-                    }
-                    Wait::ClientGone => {
-                        resp = Vec::new();
-                        conn.up_body = body;
-                        client_gone!();
-                    }
-                }
-                if resp.len() - head.head_len > MAX_UPSTREAM_BODY {
-                    conn.up_body = body;
-                    fail!(RouterError::upstream_bad_response(
-                        &provider.name,
-                        "response body too large"
-                    ));
-                }
-            }
-            body_range = head.head_len..resp.len();
-        }
-    }
+    };
     drop(armed);
     let t_done = Instant::now();
     if reusable {
@@ -855,6 +715,103 @@ async fn proxy_inner(
         up_req,
         resp,
     )
+}
+
+/// Why reading a buffered upstream body stopped early.
+enum BodyEnd {
+    ClientGone,
+    TimedOut,
+    Bad(String),
+}
+
+/// Read more upstream bytes into `resp`; `Ok(false)` on EOF.
+async fn read_more(
+    armed: &mut watch::Armed<'_>,
+    up: &mut TcpStream,
+    resp: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<bool, BodyEnd> {
+    match armed.read(up, std::mem::take(resp), timeout).await {
+        Wait::Done((r, b)) => {
+            *resp = b;
+            match r {
+                Ok(n) => Ok(n > 0),
+                Err(e) => Err(BodyEnd::Bad(format!("read failed: {e}"))),
+            }
+        }
+        Wait::TimedOut => Err(BodyEnd::TimedOut),
+        Wait::ClientGone => Err(BodyEnd::ClientGone),
+    }
+}
+
+/// Read a non-streamed reply's whole body. Returns where the body is
+/// (`resp[range]`, or `body[range]` when it had to be de-chunked) and
+/// whether the connection may be pooled afterwards.
+async fn read_whole_body(
+    armed: &mut watch::Armed<'_>,
+    up: &mut TcpStream,
+    resp: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+    head: &ResponseHead,
+    timeout: Duration,
+) -> Result<(Range<usize>, bool, bool), BodyEnd> {
+    const TRUNCATED: &str = "connection closed before the end of the body";
+    const TOO_LARGE: &str = "response body too large";
+    match head.framing {
+        ResponseFraming::None => Ok((head.head_len..head.head_len, false, head.keep_alive)),
+        ResponseFraming::ContentLength(n) => {
+            if n > MAX_UPSTREAM_BODY as u64 {
+                return Err(BodyEnd::Bad(TOO_LARGE.into()));
+            }
+            let need = head.head_len + n as usize;
+            while resp.len() < need {
+                if !read_more(armed, up, resp, timeout).await? {
+                    return Err(BodyEnd::Bad(TRUNCATED.into()));
+                }
+            }
+            Ok((
+                head.head_len..need,
+                false,
+                head.keep_alive && resp.len() == need,
+            ))
+        }
+        ResponseFraming::Chunked => {
+            let mut dec = ChunkedDecoder::new(16 * 1024);
+            let mut ranges = Vec::new();
+            let mut pos = head.head_len;
+            loop {
+                ranges.clear();
+                let (used, done) = dec
+                    .feed(&resp[pos..], &mut ranges)
+                    .map_err(|e| BodyEnd::Bad(e.0.into()))?;
+                for r in &ranges {
+                    // copy: de-chunking makes the reply contiguous for the client's Content-Length.
+                    body.extend_from_slice(&resp[pos + r.start..pos + r.end]);
+                }
+                pos += used;
+                if done {
+                    return Ok((0..body.len(), true, head.keep_alive && pos == resp.len()));
+                }
+                if body.len() > MAX_UPSTREAM_BODY {
+                    return Err(BodyEnd::Bad(TOO_LARGE.into()));
+                }
+                // Decoded bytes are no longer needed: keep the head and the undecoded tail.
+                resp.drain(head.head_len..pos);
+                pos = head.head_len;
+                if !read_more(armed, up, resp, timeout).await? {
+                    return Err(BodyEnd::Bad(TRUNCATED.into()));
+                }
+            }
+        }
+        ResponseFraming::UntilClose => {
+            while read_more(armed, up, resp, timeout).await? {
+                if resp.len() - head.head_len > MAX_UPSTREAM_BODY {
+                    return Err(BodyEnd::Bad(TOO_LARGE.into()));
+                }
+            }
+            Ok((head.head_len..resp.len(), false, false))
+        }
+    }
 }
 
 /// `post_response` and the response classifiers, on the reply's text.

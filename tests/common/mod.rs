@@ -63,13 +63,15 @@ impl Router {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Record the line before announcing the address, so a test that
+                // reads stderr() right after start() sees the startup line.
+                lines2.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(Ok(addr));
                     }
                 }
-                lines2.lock().unwrap().push(line);
             }
             if let Some(tx) = tx.take() {
                 let _ = tx.send(Err(lines2.lock().unwrap().join("\n")));
