@@ -33,7 +33,7 @@ loadtest compare --router-bin PATH [--router-config FILE] [--nginx-config FILE]
                  [--duration 10s] [--warmup 2s] [--rates 1000,5000,10000]
                  [--max-concurrency 64] [--events 20] [--interval-ms 0] [--first-byte-ms 0]
                  [--router-cpu N] [--load-cpu N] [--model M] [--timeout 5s]
-                 [--keep] [--keep-awake] [--quick] [--json]
+                 [--keep] [--keep-awake] [--quick] [--json] [--json-out FILE]
 
 Starts the mock and the router (generated config unless --router-config),
 measures direct-to-mock and through each target at concurrency 1, at each
@@ -43,10 +43,11 @@ plain reverse proxy, the original router, LiteLLM) run when their config or
 binary is given and installed. Config files given for targets are templates:
 @MOCK_ADDR@ (host:port of the mock), @MOCK_URL@ (http://host:port/v1),
 @PORT@ (the port the target must listen on) and @TMPDIR@ are replaced.
---keep keeps the temporary directory (configs, logs). --keep-awake runs a
-SCHED_IDLE busy thread on each pinned CPU so idle vCPUs do not halt (like
-booting with idle=poll; on VMs it removes tens of µs of wake-up latency from
-every hop; its CPU time is not charged to any target).
+--json prints the result as JSON instead of the table; --json-out FILE also
+writes it to FILE. --keep keeps the temporary directory (configs, logs).
+--keep-awake runs a SCHED_IDLE busy thread on the router's CPU so that idle
+vCPU does not halt (like booting with idle=poll; on VMs it removes tens of µs of
+wake-up latency from every hop; its CPU time is charged to no target).
 --quick: a few-second smoke (router and direct, concurrency 1 and 200 req/s);
 exits non-zero if any request failed, never on timings.
 ";
@@ -75,6 +76,7 @@ struct Options {
     keep_awake: bool,
     quick: bool,
     json: bool,
+    json_out: Option<PathBuf>,
     timeout: Duration,
 }
 
@@ -101,6 +103,7 @@ fn options(argv: &[String]) -> Result<Options, String> {
             "load-cpu",
             "model",
             "timeout",
+            "json-out",
         ],
         &["quick", "json", "keep", "keep-awake"],
     )?;
@@ -149,6 +152,7 @@ fn options(argv: &[String]) -> Result<Options, String> {
         keep_awake: a.flag("keep-awake"),
         quick,
         json: a.flag("json"),
+        json_out: a.str("json-out").map(PathBuf::from),
         timeout: a.duration_or("timeout", Duration::from_secs(5))?,
     })
 }
@@ -557,6 +561,9 @@ struct Run {
     added_p50_us: Option<i64>,
     added_p99_us: Option<i64>,
     added_ttfb_p99_us: Option<i64>,
+    /// CPU used by processes other than ours during the window, in % of one
+    /// CPU: a busy machine makes every figure noisy.
+    others_cpu_pct: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -607,7 +614,9 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
     let tmp = std::env::temp_dir().join(format!("loadtest-compare-{}", std::process::id()));
     fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
     let awake = if o.keep_awake {
-        let cpus: Vec<usize> = [router_cpu, load_cpu].into_iter().flatten().collect();
+        // Not the load CPU: the load generator's schedule spin yields the
+        // CPU (sched_yield) to the mock, and would hand it to a busy thread.
+        let cpus: Vec<usize> = router_cpu.into_iter().collect();
         Some(rt::KeepAwake::start(&cpus))
     } else {
         None
@@ -768,11 +777,12 @@ fn run(
                     cpu: load_cpu,
                     spin: None,
                 };
-                let (report, cpu_ns) = measure(&cfg, t.pid)?;
-                let cpu_us_per_req = (report.ok > 0)
-                    .then(|| (cpu_ns as f64 / 1e3 / report.ok as f64 * 100.0).round() / 100.0);
+                let (report, m) = measure(&cfg, t.pid)?;
+                let cpu_us_per_req = (report.ok > 0).then(|| {
+                    (m.target_cpu_ns as f64 / 1e3 / report.ok as f64 * 100.0).round() / 100.0
+                });
                 progress(&format!(
-                    "{:<6} {:<11} {:<8} {:>9.1} req/s  p50 {:>6} µs  p99 {:>6} µs  cpu {:>6} µs/req  errors {}",
+                    "{:<6} {:<11} {:<8} {:>9.1} req/s  p50 {:>6} µs  p99 {:>6} µs  cpu {:>6} µs/req  errors {}  (others used {:.0}% CPU)",
                     if stream { "stream" } else { "plain" },
                     p.label,
                     t.name,
@@ -780,7 +790,8 @@ fn run(
                     report.latency_us.p50,
                     report.latency_us.p99,
                     cpu_us_per_req.map_or("-".into(), |c| format!("{c:.1}")),
-                    report.errors_total
+                    report.errors_total,
+                    m.others_cpu_pct
                 ));
                 runs.push(Run {
                     target: t.name.clone(),
@@ -791,6 +802,7 @@ fn run(
                     added_p50_us: None,
                     added_p99_us: None,
                     added_ttfb_p99_us: None,
+                    others_cpu_pct: m.others_cpu_pct,
                 });
                 if let Some(pi) = t.proc_index
                     && let Some(st) = procs[pi].exited()
@@ -833,6 +845,10 @@ fn run(
         runs,
         errors_total,
     };
+    if let Some(path) = &o.json_out {
+        let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
+        fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     if o.json {
         println!(
             "{}",
@@ -860,20 +876,47 @@ fn fmt_cpu(c: Option<usize>) -> String {
 }
 
 /// Run one load and the CPU time the target spent in its measured window.
-fn measure(cfg: &LoadConfig, pid: u32) -> Result<(Report, u64), String> {
+/// What one load run measured besides the report.
+struct Measured {
+    /// CPU time of the target's process tree in the window.
+    target_cpu_ns: u64,
+    /// CPU time of every process on the machine that is not ours (other
+    /// users' builds…) in the window, in % of one CPU.
+    others_cpu_pct: f64,
+}
+
+/// Run one load and the CPU time the target spent in its measured window.
+fn measure(cfg: &LoadConfig, pid: u32) -> Result<(Report, Measured), String> {
     let start = Instant::now() + Duration::from_millis(30);
     let window_start = start + cfg.warmup;
     let window_end = window_start + cfg.duration;
+    let me = std::process::id();
     let sampler = std::thread::spawn(move || {
         sleep_until(window_start);
-        let a = procfs::tree_cpu_ns(pid);
+        let (a, ma, oa) = (
+            procfs::tree_cpu_ns(pid),
+            procfs::machine_busy_ns(),
+            procfs::tree_cpu_ns(me),
+        );
         sleep_until(window_end);
-        let b = procfs::tree_cpu_ns(pid);
-        b.saturating_sub(a)
+        let (b, mb, ob) = (
+            procfs::tree_cpu_ns(pid),
+            procfs::machine_busy_ns(),
+            procfs::tree_cpu_ns(me),
+        );
+        let window = window_end
+            .saturating_duration_since(window_start)
+            .as_nanos()
+            .max(1) as f64;
+        let others = mb.saturating_sub(ma).saturating_sub(ob.saturating_sub(oa));
+        Measured {
+            target_cpu_ns: b.saturating_sub(a),
+            others_cpu_pct: (others as f64 / window * 1000.0).round() / 10.0,
+        }
     });
     let report = load::run(cfg, start)?;
-    let cpu = sampler.join().unwrap_or(0);
-    Ok((report, cpu))
+    let m = sampler.join().map_err(|_| "sampler panicked".to_string())?;
+    Ok((report, m))
 }
 
 fn sleep_until(t: Instant) {
@@ -940,6 +983,8 @@ fn start_references(
                     .arg(&dir)
                     .arg("-c")
                     .arg(&conf)
+                    .arg("-e")
+                    .arg(dir.join("error.log"))
                     .args(["-g", "daemon off;"]);
                 let (mut p, _rx) = spawn("nginx", cmd, cpu, &tmp.join("nginx.log"))?;
                 let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -1034,7 +1079,7 @@ fn start_references(
 fn render(out: &Output, points: &[Point]) -> String {
     let mut s = String::new();
     s += &format!(
-        "\nloadtest compare — {} per point after {} warmup; router CPU {}, mock + load CPU {}; {} driver; mock: {} events, {} ms apart\n",
+        "\nloadtest compare — {} per point after {} warmup; router CPU {}, mock + load CPU {}; loadtest on {}; mock: {} events, {} ms apart\n",
         secs(out.duration_s),
         secs(out.warmup_s),
         fmt_cpu(out.router_cpu),
@@ -1168,6 +1213,35 @@ fn render(out: &Output, points: &[Point]) -> String {
             t.failure
                 .as_ref()
                 .map_or(String::new(), |f| format!("   FAILED: {f}"))
+        );
+    }
+    let busiest = out
+        .runs
+        .iter()
+        .map(|r| r.others_cpu_pct)
+        .fold(0.0f64, f64::max);
+    if busiest >= 5.0 {
+        s += &format!(
+            "note: other processes on this machine used up to {busiest:.0}% of a CPU during a measured window (see others_cpu_pct in --json): figures are noisy\n"
+        );
+    }
+    let behind: Vec<String> = out
+        .runs
+        .iter()
+        .filter(|r| r.report.generator_behind)
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                if r.stream { "stream" } else { "plain" },
+                r.point,
+                r.target
+            )
+        })
+        .collect();
+    if !behind.is_empty() {
+        s += &format!(
+            "note: the load generator fell behind its schedule (send lag P99 > 1 ms) in: {}\n",
+            behind.join(", ")
         );
     }
     for sk in &out.skipped {

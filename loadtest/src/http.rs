@@ -341,9 +341,7 @@ impl EventScan {
                     }
                 }
                 StreamKind::Ndjson => {
-                    if self.kind == StreamKind::Ndjson
-                        && memchr::memmem::find(seg, b"\"done\":true").is_some()
-                    {
+                    if memchr::memmem::find(seg, b"\"done\":true").is_some() {
                         self.terminal = true;
                     }
                     if !blank {

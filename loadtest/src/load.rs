@@ -220,6 +220,9 @@ pub struct Report {
     /// Open loop: from the time a request was due to the time its write was
     /// issued — the load generator's own scheduling delay (part of latency).
     pub send_lag_us: Option<Pcts>,
+    /// Open loop: the send lag's P99 exceeded 1 ms — the generator (or its
+    /// CPU) could not hold the schedule, so latencies include its own delay.
+    pub generator_behind: bool,
     pub events_per_response: Option<f64>,
     pub errors_total: u64,
     pub errors: BTreeMap<String, u64>,
@@ -264,6 +267,9 @@ impl Report {
         }
         if let Some(p) = &self.send_lag_us {
             s += &line("send lag µs", p);
+        }
+        if self.generator_behind {
+            s += "  WARNING      the load generator fell behind its schedule (send lag P99 > 1 ms):\n               latencies include its own delay; lower the rate or add --threads\n";
         }
         if let Some(e) = self.events_per_response {
             s += &format!("  events       {e:.1} per response\n");
@@ -417,6 +423,9 @@ impl ThreadStats {
             ttfb_us: streamed.then(|| Pcts::of(&self.ttfb)),
             event_gap_us: streamed.then(|| Pcts::of(&self.gap)),
             send_lag_us: matches!(cfg.mode, Mode::Rate(_)).then(|| Pcts::of(&self.lag)),
+            generator_behind: matches!(cfg.mode, Mode::Rate(_))
+                && !self.lag.is_empty()
+                && self.lag.value_at_quantile(0.99) > 1000,
             events_per_response: (self.responses_with_events > 0).then(|| {
                 (self.events as f64 / self.responses_with_events as f64 * 10.0).round() / 10.0
             }),
@@ -531,7 +540,11 @@ async fn schedule(
                 break 'ticks;
             }
             while Instant::now() < due {
+                // Let the runtime reap completions, and another process on
+                // this CPU (the mock, in `compare`) run if it is waiting.
                 rt::yield_now().await;
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
             }
             dispatch(&sh, due, max_conns);
         }
@@ -858,6 +871,127 @@ impl Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mock::{self, MockConfig};
+
+    /// The load generator against the mock, every API, plain and streamed,
+    /// open and closed loop: no errors (never timings).
+    #[test]
+    fn load_against_mock_has_no_errors() {
+        let (addr, _threads) = mock::start(MockConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: 1,
+            events: 3,
+            interval: Duration::ZERO,
+            first_byte: Duration::ZERO,
+        })
+        .unwrap();
+        let cases = [
+            ("/v1/chat/completions", false, Mode::Concurrency(2)),
+            ("/v1/chat/completions", true, Mode::Rate(300.0)),
+            ("/v1/responses", true, Mode::Concurrency(1)),
+            ("/v1/messages", true, Mode::Concurrency(1)),
+            ("/v1/messages", false, Mode::Rate(300.0)),
+            ("/api/chat", true, Mode::Concurrency(1)),
+        ];
+        for (path, stream, mode) in cases {
+            let url = Url::parse(&format!("http://{addr}{path}"), "/").unwrap();
+            let cfg = LoadConfig {
+                request: post_request(&url, &default_body("m", stream)),
+                url,
+                mode,
+                duration: Duration::from_millis(200),
+                warmup: Duration::from_millis(50),
+                stream,
+                threads: 1,
+                timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(3),
+                max_conns: 100,
+                cpu: None,
+                spin: None,
+            };
+            let r = run(&cfg, Instant::now()).unwrap();
+            assert_eq!(r.errors_total, 0, "{path} stream={stream}: {:?}", r.errors);
+            assert!(r.ok > 0, "{path} stream={stream}");
+            if stream {
+                assert!(r.events_per_response.unwrap() >= 4.0, "{path}");
+            }
+        }
+    }
+
+    /// A server answering every request with `answer` (then closing when
+    /// `close`), on a plain thread.
+    fn canned_server(answer: &'static [u8], close: bool) -> std::net::SocketAddr {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(answer).is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn short_load(addr: std::net::SocketAddr, stream: bool) -> Report {
+        let url = Url::parse(&format!("http://{addr}/v1/chat/completions"), "/").unwrap();
+        let cfg = LoadConfig {
+            request: post_request(&url, &default_body("m", stream)),
+            url,
+            mode: Mode::Concurrency(1),
+            duration: Duration::from_millis(100),
+            warmup: Duration::ZERO,
+            stream,
+            threads: 1,
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            max_conns: 10,
+            cpu: None,
+            spin: None,
+        };
+        run(&cfg, Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let e500 = canned_server(b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\n{}", false);
+        let r = short_load(e500, false);
+        assert!(
+            r.errors.get("status_500").copied().unwrap_or(0) > 0,
+            "{:?}",
+            r.errors
+        );
+        assert_eq!(r.ok, 0);
+        // A complete chunked stream whose last event is not `[DONE]`.
+        let cut = canned_server(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\na\r\ndata: {}\n\n\r\n0\r\n\r\n",
+            false,
+        );
+        let r = short_load(cut, true);
+        assert!(
+            r.errors.get("truncated").copied().unwrap_or(0) > 0,
+            "{:?}",
+            r.errors
+        );
+        // The connection closes in the middle of the body.
+        let eof = canned_server(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"a\"",
+            true,
+        );
+        let r = short_load(eof, false);
+        assert!(
+            r.errors.get("truncated").copied().unwrap_or(0) > 0,
+            "{:?}",
+            r.errors
+        );
+    }
 
     #[test]
     fn stream_added_to_bodies() {

@@ -460,6 +460,7 @@ struct Req {
     head_len: usize,
     body: BodyLen,
     close: bool,
+    expect_continue: bool,
 }
 
 enum BodyLen {
@@ -483,8 +484,11 @@ fn parse_request(buf: &[u8]) -> Parsed {
     };
     let mut close = req.version == Some(0);
     let mut body = BodyLen::Length(0);
+    let mut expect_continue = false;
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
+        if h.name.eq_ignore_ascii_case("expect") {
+            expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+        } else if h.name.eq_ignore_ascii_case("content-length") {
             match std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -520,6 +524,7 @@ fn parse_request(buf: &[u8]) -> Parsed {
         head_len,
         body,
         close,
+        expect_continue,
     })
 }
 
@@ -580,6 +585,12 @@ async fn serve(mut s: TcpStream, canned: Rc<Canned>) {
                 Ok(_) => {}
             }
         };
+        if req.expect_continue && buf.len() == req.head_len {
+            let (r, _) = s.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
+            if r.is_err() {
+                return;
+            }
+        }
         // The whole body.
         let (body_start, body_end) = match req.body {
             BodyLen::Length(n) => {

@@ -79,6 +79,30 @@ pub fn tree_cpu_ns(pid: u32) -> u64 {
     tree(pid).into_iter().filter_map(cpu_ns).sum()
 }
 
+/// CPU time spent busy by the whole machine (all CPUs; user, nice and
+/// system — not irq/softirq, which may be our own loopback traffic, nor idle,
+/// iowait or steal), from `/proc/stat`, in ns.
+pub fn machine_busy_ns() -> u64 {
+    let Ok(s) = fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    let Some(line) = s.lines().next() else {
+        return 0;
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    if f.len() < 3 {
+        return 0;
+    }
+    let ticks = f[0] + f[1] + f[2];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * (1_000_000_000 / hz)
+}
+
 /// VmRSS of one process, in kB.
 pub fn rss_kb(pid: u32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

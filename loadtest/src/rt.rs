@@ -16,17 +16,28 @@ use monoio::{FusionRuntime, IoUringDriver, LegacyDriver};
 
 pub type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
 
-/// A runtime for the current thread.
+/// A runtime for the current thread: io_uring when the kernel allows it,
+/// the epoll driver otherwise or when `LOADTEST_DRIVER=legacy`.
 pub fn runtime() -> io::Result<Runtime> {
+    if force_legacy() {
+        let rt = monoio::RuntimeBuilder::<LegacyDriver>::new()
+            .enable_timer()
+            .build()?;
+        return Ok(rt.into());
+    }
     monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .with_entries(8192)
         .enable_timer()
         .build()
 }
 
+fn force_legacy() -> bool {
+    std::env::var("LOADTEST_DRIVER").is_ok_and(|v| v == "legacy")
+}
+
 /// Whether the runtimes built here use io_uring.
 pub fn uring() -> bool {
-    monoio::utils::detect_uring()
+    !force_legacy() && monoio::utils::detect_uring()
 }
 
 /// Pin the calling thread (and the threads it spawns later) to one CPU.

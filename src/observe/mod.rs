@@ -1,11 +1,19 @@
 //! Observability: the JSONL request log (SPEC §7).
 //!
-//! Workers serialize each finished request into a line on their own core and
-//! hand it to the log thread through a bounded queue with `try_send`: a full
-//! queue drops the line and counts it, a worker never waits for the disk.
-//! The log thread writes lines in batches and flushes when the queue runs dry.
+//! Workers serialize each finished request into a line on their own core,
+//! appended to the core's batch buffer ([`CoreLog`]). A per-core flusher task
+//! hands the batch to the log thread a couple of milliseconds later (or at
+//! once when it is large), through a bounded queue with `try_send`: a full
+//! queue drops the batch and counts its lines, a worker never waits for the
+//! disk, and the log thread wakes once per batch rather than once per request.
+//! The log thread writes batches and flushes when the queue runs dry.
 
+use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -31,12 +39,12 @@ pub struct LogSender {
 }
 
 impl LogSender {
-    /// Queue one finished line (must end with `\n`). Never blocks.
-    pub fn send(&self, line: Vec<u8>) {
-        match self.tx.try_send(line) {
+    /// Queue finished lines (each ending with `\n`). Never blocks.
+    pub fn send(&self, lines: Vec<u8>) {
+        match self.tx.try_send(lines) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
+                self.counters.dropped.fetch_add(count_lines(&b), Ordering::Relaxed);
             }
         }
     }
@@ -66,12 +74,12 @@ pub fn start(path: &Path) -> io::Result<LogSender> {
 fn writer_loop(rx: Receiver<Vec<u8>>, file: File, counters: &LogCounters) {
     let mut out = BufWriter::with_capacity(256 * 1024, file);
     // Blocks only this thread; ends when every worker's sender is gone.
-    while let Ok(line) = rx.recv() {
-        let mut n = 1u64;
-        let mut ok = out.write_all(&line).is_ok();
-        while let Ok(line) = rx.try_recv() {
-            ok &= out.write_all(&line).is_ok();
-            n += 1;
+    while let Ok(batch) = rx.recv() {
+        let mut n = count_lines(&batch);
+        let mut ok = out.write_all(&batch).is_ok();
+        while let Ok(batch) = rx.try_recv() {
+            ok &= out.write_all(&batch).is_ok();
+            n += count_lines(&batch);
         }
         ok &= out.flush().is_ok();
         if ok {
@@ -83,6 +91,82 @@ fn writer_loop(rx: Receiver<Vec<u8>>, file: File, counters: &LogCounters) {
     let _ = out.flush();
 }
 
+fn count_lines(b: &[u8]) -> u64 {
+    b.iter().filter(|&&c| c == b'\n').count() as u64
+}
+
+/// How long a core keeps lines before handing them to the log thread.
+const BATCH_DELAY: Duration = Duration::from_millis(2);
+/// A batch this large is handed over at once.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// One core's pending log lines (`!Send`: lives in the worker's `Core`).
+pub struct CoreLog {
+    sender: LogSender,
+    buf: RefCell<Vec<u8>>,
+    pending: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl CoreLog {
+    pub fn new(sender: LogSender) -> Self {
+        CoreLog {
+            sender,
+            buf: RefCell::new(Vec::with_capacity(BATCH_BYTES)),
+            pending: Cell::new(false),
+            waker: Cell::new(None),
+        }
+    }
+
+    /// Append one line, written by `f` into the batch buffer.
+    pub fn append(&self, f: impl FnOnce(&mut Vec<u8>)) {
+        let mut buf = self.buf.borrow_mut();
+        f(&mut buf);
+        if buf.len() >= BATCH_BYTES {
+            let batch = std::mem::replace(&mut *buf, Vec::with_capacity(BATCH_BYTES));
+            drop(buf);
+            self.sender.send(batch);
+        } else if !self.pending.replace(true)
+            && let Some(w) = self.waker.take()
+        {
+            w.wake();
+        }
+    }
+
+    /// The core's flusher task: waits for a first line, lets a batch gather
+    /// for [`BATCH_DELAY`], hands it over. Runs for the worker's lifetime.
+    pub async fn run_flusher(self: std::rc::Rc<Self>) {
+        loop {
+            Pending(&self).await;
+            monoio::time::sleep(BATCH_DELAY).await;
+            self.pending.set(false);
+            let batch = {
+                let mut buf = self.buf.borrow_mut();
+                if buf.is_empty() {
+                    continue;
+                }
+                std::mem::replace(&mut *buf, Vec::with_capacity(BATCH_BYTES))
+            };
+            self.sender.send(batch);
+        }
+    }
+}
+
+/// Resolves once a line is pending.
+struct Pending<'a>(&'a CoreLog);
+
+impl Future for Pending<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.pending.get() {
+            Poll::Ready(())
+        } else {
+            self.0.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        }
+    }
+}
+
 /// Builder of one JSON log line, written by hand into a reused buffer so the
 /// request's `messages` can be embedded as the client's raw (already
 /// validated) JSON without building a value tree.
@@ -92,8 +176,8 @@ pub struct LineWriter<'a> {
 }
 
 impl<'a> LineWriter<'a> {
+    /// Start a line at the end of `out` (which may hold earlier lines).
     pub fn new(out: &'a mut Vec<u8>) -> Self {
-        out.clear();
         out.push(b'{');
         LineWriter { out, first: true }
     }

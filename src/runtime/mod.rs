@@ -20,7 +20,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::classify::{KeywordClassifier, RefusalClassifier};
 use crate::config::Config;
-use crate::observe::LogSender;
+use crate::observe::{CoreLog, LogSender};
 use crate::route::{Discovery, Rng};
 use crate::upstream::{Pools, Target};
 
@@ -120,6 +120,8 @@ impl Snapshot {
 /// across threads (`Rc`, `Cell`, `RefCell`; no locks).
 pub struct Core {
     pub snap: Arc<Snapshot>,
+    /// This core's batch of pending log lines (when logging is on).
+    pub log: Option<Rc<CoreLog>>,
     pub pools: Pools,
     pub rng: RefCell<Rng>,
     pub worker: usize,
@@ -136,8 +138,10 @@ impl Core {
         );
         let seed =
             crate::observe::now_ms() ^ ((worker as u64 + 1) << 32) ^ u64::from(std::process::id());
+        let log = snap.log.clone().map(|s| Rc::new(CoreLog::new(s)));
         Core {
             snap,
+            log,
             pools,
             rng: RefCell::new(Rng::new(seed)),
             worker,
@@ -278,6 +282,9 @@ async fn worker_main(
     let local = listener.local_addr().unwrap_or(addr);
     let _ = ready.send(Ok(local));
     let core = Rc::new(Core::new(worker, snap));
+    if let Some(log) = &core.log {
+        monoio::spawn(log.clone().run_flusher());
+    }
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {

@@ -167,9 +167,12 @@ impl<'a> Ctx<'a> {
 
     /// `on_end`: serialize the log line (SPEC §7) and queue it. Always runs.
     pub fn finish(&self, core: &Core, body: &[u8]) {
-        let Some(log) = &core.snap.log else { return };
-        let mut line = Vec::with_capacity(512 + self.messages.as_ref().map_or(0, |r| r.len()));
-        let mut w = crate::observe::LineWriter::new(&mut line);
+        let Some(log) = &core.log else { return };
+        log.append(|line| self.write_line(line, body));
+    }
+
+    fn write_line(&self, line: &mut Vec<u8>, body: &[u8]) {
+        let mut w = crate::observe::LineWriter::new(line);
         w.u64("ts_ms", self.ts_ms);
         w.str("id", &self.id);
         w.opt_str("provider", self.provider_name());
@@ -205,7 +208,6 @@ impl<'a> Ctx<'a> {
         w.str("method", self.method);
         w.str("path", self.path);
         w.finish();
-        log.send(line);
     }
 }
 
