@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
-/// Lines the queue holds before new ones are dropped.
-const QUEUE_LINES: usize = 65_536;
+/// Batches the queue holds before new ones are dropped.
+const QUEUE_BATCHES: usize = 1024;
 
 /// Counters shared by workers and the log thread. Only touched once per
 /// request (written) or on the rare drop path, never in a loop.
@@ -62,7 +62,7 @@ pub fn start(path: &Path) -> io::Result<LogSender> {
         std::fs::create_dir_all(parent)?;
     }
     let file = OpenOptions::new().create(true).append(true).open(path)?;
-    let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
+    let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_BATCHES);
     let counters = Arc::new(LogCounters::default());
     let thread_counters = counters.clone();
     std::thread::Builder::new()
