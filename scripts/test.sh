@@ -26,8 +26,8 @@ echo "==> installing tests/sdk/requirements.txt"
 echo "==> cargo build --bins"
 cargo build --bins
 
-echo "==> cargo test --all-targets"
-cargo test --all-targets
+echo "==> cargo test --workspace --all-targets"
+cargo test --workspace --all-targets
 
 echo "==> pytest tests/sdk"
 OSR_BIN="${OSR_BIN:-$PWD/target/debug/opensourcellmrouter}" \
