@@ -901,9 +901,12 @@ async fn relay_stream(
     ctx.overhead_us += micros_since(t_head);
     let _ = t_sent;
     write_response_head(conn, resp, head, ctx, None, !req.keep_alive || conn.http10);
-    if conn.flush().await.is_err() {
+    // Each write to the client is a TCP send (and a wake-up of the reader):
+    // when events came with the head, the head leaves with them in one write.
+    if resp.len() == head.head_len && conn.flush().await.is_err() {
         return (Relay::ClientGone, false);
     }
+    let mut ended = false;
     let mut parser = SseParser::new(16 << 20);
     let mut stats = ChatStreamStats::default();
     let mut dec = ChunkedDecoder::new(16 * 1024);
@@ -958,6 +961,11 @@ async fn relay_stream(
                 conn.out.extend_from_slice(payload);
             }
         }
+        if finished && chunked_out {
+            // The terminating chunk leaves with the last events.
+            conn.out.extend_from_slice(http::LAST_CHUNK);
+            ended = true;
+        }
         if !conn.out.is_empty() && conn.flush().await.is_err() {
             break Relay::ClientGone;
         }
@@ -995,7 +1003,7 @@ async fn relay_stream(
     post_response(core, ctx, text);
     match outcome {
         Relay::Complete => {
-            if chunked_out {
+            if chunked_out && !ended {
                 conn.out.extend_from_slice(http::LAST_CHUNK);
             }
             if conn.flush().await.is_err() {
