@@ -19,6 +19,7 @@ pub mod classify;
 pub mod config;
 pub mod diag;
 pub mod error;
+pub mod formats;
 pub mod http;
 pub mod json;
 pub mod mock;

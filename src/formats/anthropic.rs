@@ -1,0 +1,1 @@
+//! anthropic format (see the parent module for the function set).

@@ -1,0 +1,200 @@
+//! Wire formats as data, conversions as pure functions.
+//!
+//! Every client format (OpenAI chat completions, Anthropic Messages, OpenAI
+//! Responses) and every provider format (OpenAI chat, Anthropic, Ollama
+//! native) converts to and from one canonical model defined here. A
+//! cross-format route is `client → canonical → provider` for the request and
+//! `provider → canonical → client` for the reply; streams go through
+//! [`StreamEvent`]s, decoded from the provider's events and encoded into the
+//! client's. Same-format routes never come here: they stay byte passthrough.
+//!
+//! Each format module offers the same set of pure functions:
+//!
+//! ```text
+//! parse_request(body)            -> Result<ChatRequest, FormatError>
+//! write_request(&ChatRequest, out)
+//! parse_response(body)           -> Result<ChatResponse, FormatError>
+//! write_response(&ChatResponse, out)
+//! StreamDecoder::feed(event, data, &mut Vec<StreamEvent>)
+//! StreamEncoder::encode(&StreamEvent, out) / finish(out)
+//! parse_error(status, body)      -> ApiError
+//! write_error(&ApiError, out)
+//! ```
+
+pub mod anthropic;
+pub mod ollama;
+pub mod openai;
+pub mod responses;
+
+use serde_json::Value;
+
+/// The wire formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenAI chat completions (`/v1/chat/completions`, provider format `openai`).
+    OpenAiChat,
+    /// Anthropic Messages (`/v1/messages`, provider format `anthropic`).
+    Anthropic,
+    /// OpenAI Responses (`/v1/responses`; client side only).
+    Responses,
+    /// Ollama native `/api/chat` (provider side only).
+    Ollama,
+}
+
+/// A conversion that cannot be done (bad input, unsupported construct).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormatError(pub String);
+
+impl std::fmt::Display for FormatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FormatError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Assistant,
+    /// A tool's result turn (OpenAI `role: "tool"`; Anthropic sends these as
+    /// `tool_result` blocks in a user turn).
+    Tool,
+}
+
+/// One piece of a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(String),
+    /// An image: either a URL (`https://…`) or inline base64 data.
+    Image(Image),
+    /// A call the assistant made. `arguments` is JSON text (OpenAI style);
+    /// formats that carry an object (Anthropic, Ollama) parse/serialize it.
+    ToolCall { id: String, name: String, arguments: String },
+    /// The result of a call, sent back by the client.
+    ToolResult { call_id: String, content: String, is_error: bool },
+    /// Reasoning / thinking text. `signature` is Anthropic's opaque signature
+    /// (kept only for Anthropic; dropped elsewhere).
+    Reasoning { text: String, signature: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Image {
+    Url(String),
+    Base64 { media_type: String, data: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON Schema of the arguments.
+    pub parameters: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    /// The model must call some tool (OpenAI `required`, Anthropic `any`).
+    Required,
+    /// The model must call this tool.
+    Named(String),
+}
+
+/// Structured output: the model must answer with JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputFormat {
+    /// Any JSON object (OpenAI `json_object`, Ollama `"json"`).
+    JsonObject,
+    /// JSON matching a schema (OpenAI `json_schema`, Anthropic
+    /// `output_config.format`, Ollama `format: {schema}`).
+    JsonSchema { name: String, schema: Value, strict: Option<bool> },
+}
+
+/// A chat request in canonical form.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatRequest {
+    pub model: String,
+    /// System / developer instructions, joined in order.
+    pub system: Option<String>,
+    pub messages: Vec<Message>,
+    pub tools: Vec<Tool>,
+    pub tool_choice: Option<ToolChoice>,
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    /// OpenAI `stream_options.include_usage`.
+    pub include_usage: bool,
+    pub output: Option<OutputFormat>,
+    /// Whether the client asked for parallel tool calls (`None` = unspecified).
+    pub parallel_tool_calls: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+    /// A stop sequence matched (Anthropic `stop_sequence`); OpenAI reports `stop`.
+    StopSequence,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// A complete (non-streamed) reply in canonical form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    pub id: String,
+    pub model: String,
+    /// Text, reasoning and tool calls, in order.
+    pub parts: Vec<Part>,
+    pub finish: FinishReason,
+    pub usage: Option<Usage>,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// One step of a streamed reply, in canonical form. A decoder emits them in
+/// this order: `Start`, then any deltas, then `Finish`, `Usage` (when known),
+/// and `End`. Tool calls are numbered by `index` (0, 1, … in order of start).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    Start { id: String, model: String, created: u64 },
+    TextDelta(String),
+    ReasoningDelta(String),
+    /// Anthropic thinking signature (dropped by non-Anthropic encoders).
+    ReasoningSignature(String),
+    ToolCallStart { index: usize, id: String, name: String },
+    ToolCallDelta { index: usize, arguments: String },
+    Finish(FinishReason),
+    Usage(Usage),
+    /// The provider reported an error mid-stream.
+    Error(ApiError),
+    /// The provider's terminal event.
+    End,
+}
+
+/// An API error in canonical form: the HTTP status, a type in OpenAI's
+/// vocabulary (`invalid_request_error`, `authentication_error`,
+/// `permission_error`, `not_found_error`, `rate_limit_error`, `api_error`,
+/// `overloaded_error`, …) and the provider's message, unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub kind: String,
+    pub message: String,
+}

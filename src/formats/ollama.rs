@@ -1,0 +1,1 @@
+//! ollama format (see the parent module for the function set).

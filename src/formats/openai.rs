@@ -1,0 +1,1 @@
+//! openai format (see the parent module for the function set).

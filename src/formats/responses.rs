@@ -1,0 +1,1 @@
+//! responses format (see the parent module for the function set).
