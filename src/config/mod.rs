@@ -163,6 +163,11 @@ pub struct Provider {
     pub skipped: Option<String>,
     /// New key `first_byte_timeout_ms`: overrides `[server] first_byte_timeout_ms`.
     pub first_byte_timeout_ms: Option<u64>,
+    /// New key `responses`: an `openai`-format provider that serves the
+    /// Responses API; `/v1/responses` then passes through unchanged.
+    pub responses: bool,
+    /// New key `ca_file`: extra trusted CA certificates (PEM) for `https://`.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Provider {

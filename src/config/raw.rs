@@ -88,6 +88,11 @@ pub struct RawProvider {
     pub throughput_tokens_per_sec: Option<f64>,
     /// New key: per-provider override of `[server] first_byte_timeout_ms`.
     pub first_byte_timeout_ms: Option<u64>,
+    /// New key: the provider serves OpenAI's Responses API (`POST {base_url}/responses`),
+    /// so `/v1/responses` requests pass through unchanged instead of being translated.
+    pub responses: Option<bool>,
+    /// New key: PEM file of extra CA certificates trusted for this `https://` provider.
+    pub ca_file: Option<String>,
 }
 
 /// `[classifiers]`: one optional table per built-in request classifier.

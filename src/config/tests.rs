@@ -493,7 +493,7 @@ fn unknown_key_in_providers() {
         err(&format!("{PROVIDERS}api_key = \"sk-...\"\n")),
         "config.toml:14:1: unknown key `api_key` in [[providers]] #3 (name \"mock\"), expected one of: \
          name, format, base_url, api_key_env, cost_per_1m_tokens, quality, latency_ms, \
-         throughput_tokens_per_sec, first_byte_timeout_ms"
+         throughput_tokens_per_sec, first_byte_timeout_ms, responses, ca_file"
     );
 }
 

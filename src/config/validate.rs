@@ -369,6 +369,8 @@ fn provider(
         throughput_tokens_per_sec,
         skipped,
         first_byte_timeout_ms: p.first_byte_timeout_ms,
+        responses: p.responses.unwrap_or(false),
+        ca_file: p.ca_file.clone().map(std::path::PathBuf::from),
     })
 }
 

@@ -22,6 +22,8 @@ pub(crate) fn provider(name: &str, cost: f64, quality: f64) -> Provider {
         throughput_tokens_per_sec: None,
         skipped: None,
         first_byte_timeout_ms: None,
+        responses: false,
+        ca_file: None,
     }
 }
 

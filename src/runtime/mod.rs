@@ -116,6 +116,14 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Whether `https://` can be spoken to provider `pidx` (a TLS connector
+    /// was built for it).
+    pub fn tls_ready(&self, _pidx: usize) -> bool {
+        false
+    }
+}
+
 /// Per-core state: built by each worker from the snapshot, never shared
 /// across threads (`Rc`, `Cell`, `RefCell`; no locks).
 pub struct Core {

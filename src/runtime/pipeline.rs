@@ -13,7 +13,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
+use crate::upstream::Conn;
 
 use super::conn::{
     ClientConn, Next, Request, finish_error, fmt_u64, write_error, write_length_and_close,
@@ -729,7 +729,7 @@ enum BodyEnd {
 /// Read more upstream bytes into `resp`; `Ok(false)` on EOF.
 async fn read_more(
     armed: &mut watch::Armed<'_>,
-    up: &mut TcpStream,
+    up: &mut Conn,
     resp: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<bool, BodyEnd> {
@@ -751,7 +751,7 @@ async fn read_more(
 /// whether the connection may be pooled afterwards.
 async fn read_whole_body(
     armed: &mut watch::Armed<'_>,
-    up: &mut TcpStream,
+    up: &mut Conn,
     resp: &mut Vec<u8>,
     body: &mut Vec<u8>,
     head: &ResponseHead,
@@ -889,7 +889,7 @@ async fn relay_stream(
     conn: &mut ClientConn,
     req: &Request<'_>,
     ctx: &mut Ctx<'_>,
-    up: &mut TcpStream,
+    up: &mut Conn,
     resp: &mut Vec<u8>,
     head: &ResponseHead,
     armed: &mut watch::Armed<'_>,

@@ -122,9 +122,9 @@ impl<'a> Armed<'a> {
     /// unless the client goes away or `timeout` passes first. The buffer is
     /// lost only in those two cases, where the upstream connection is dropped
     /// anyway.
-    pub async fn read(
+    pub async fn read<R: AsyncReadRent>(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut R,
         mut buf: Vec<u8>,
         timeout: Duration,
     ) -> Wait<(io::Result<usize>, Vec<u8>)> {

@@ -7,10 +7,15 @@
 //! below vLLM's ~5 s keep-alive. A connection whose read or write was
 //! abandoned is never given back (callers simply drop it).
 
+pub mod tls;
+
 use std::cell::RefCell;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use monoio::BufResult;
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 
 use crate::config::{Provider, ProviderFormat};
@@ -60,8 +65,53 @@ pub fn resolve_targets(providers: &[Provider]) -> Vec<Target> {
         .collect()
 }
 
+/// An upstream connection: plain TCP, or TLS for `https://` providers.
+pub enum Conn {
+    Plain(TcpStream),
+}
+
+impl AsyncReadRent for Conn {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Conn::Plain(s) => s.read(buf).await,
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Conn::Plain(s) => s.readv(buf).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for Conn {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Conn::Plain(s) => s.write(buf).await,
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Conn::Plain(s) => s.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.shutdown().await,
+        }
+    }
+}
+
 struct Idle {
-    stream: TcpStream,
+    stream: Conn,
     since: Instant,
 }
 
@@ -82,7 +132,7 @@ impl Pools {
     }
 
     /// The most recently returned live connection, if any. Expired ones are dropped.
-    pub fn take(&self, provider: usize) -> Option<TcpStream> {
+    pub fn take(&self, provider: usize) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         let stack = idle.get_mut(provider)?;
         let now = Instant::now();
@@ -96,7 +146,7 @@ impl Pools {
     }
 
     /// Give back a connection whose response was read completely.
-    pub fn give(&self, provider: usize, stream: TcpStream) {
+    pub fn give(&self, provider: usize, stream: Conn) {
         let mut idle = self.idle.borrow_mut();
         if let Some(stack) = idle.get_mut(provider) {
             if stack.len() >= self.max_idle {
@@ -117,7 +167,7 @@ impl Pools {
 }
 
 /// Connect to the first address of `target` that accepts within `timeout`.
-pub async fn connect(target: &Target, timeout: Duration) -> Result<TcpStream, String> {
+pub async fn connect(target: &Target, timeout: Duration) -> Result<Conn, String> {
     if let Some(e) = &target.resolve_error {
         return Err(e.clone());
     }
@@ -126,7 +176,7 @@ pub async fn connect(target: &Target, timeout: Duration) -> Result<TcpStream, St
         match monoio::time::timeout(timeout, TcpStream::connect_addr(*addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                return Ok(stream);
+                return Ok(Conn::Plain(stream));
             }
             Ok(Err(e)) => last = format!("{addr}: {e}"),
             Err(_) => last = format!("{addr}: connect timed out after {} ms", timeout.as_millis()),
