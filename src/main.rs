@@ -35,8 +35,23 @@ fn tune_allocator() {
     }
 }
 
+/// Every proxied request holds up to three descriptors (client, upstream,
+/// the client watch); the default soft limit of 1024 would cap a worker at a
+/// few hundred concurrent streams. Raise the soft limit to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid, owned struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
+    raise_fd_limit();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("--help") | Some("-h") | Some("help") => {
