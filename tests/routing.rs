@@ -265,13 +265,17 @@ fn discover_routes_models_an_ollama_upstream_reported() {
         "{ids:?}"
     );
 
-    up.set_default(json_reply(200, r#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"from ollama"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#));
+    up.set_default(json_reply(200, r#"{"model":"qwen3:8b","created_at":"2026-11-21T08:00:00Z","message":{"role":"assistant","content":"from ollama"},"done":true,"done_reason":"stop","prompt_eval_count":1,"eval_count":2}"#));
     let (status, p, m) = ask(&router, "qwen3:8b", "hi");
     assert_eq!(
         (status, p.as_deref(), m.as_deref()),
         (200, Some("ollama"), Some("qwen3:8b"))
     );
-    assert_eq!(up.requests().last().unwrap().path, "/v1/chat/completions");
+    // Ollama is spoken to natively: /api/chat, the model unchanged, streaming explicit.
+    let sent = up.requests().last().unwrap().clone();
+    assert_eq!(sent.path, "/api/chat");
+    assert_eq!(sent.json()["model"], "qwen3:8b");
+    assert_eq!(sent.json()["stream"], false);
     assert_eq!(
         ask(&router, "unknown-model", "hi").1.as_deref(),
         Some("cheap")

@@ -70,12 +70,23 @@ pub enum Part {
     Image(Image),
     /// A call the assistant made. `arguments` is JSON text (OpenAI style);
     /// formats that carry an object (Anthropic, Ollama) parse/serialize it.
-    ToolCall { id: String, name: String, arguments: String },
+    ToolCall {
+        id: String,
+        name: String,
+        arguments: String,
+    },
     /// The result of a call, sent back by the client.
-    ToolResult { call_id: String, content: String, is_error: bool },
+    ToolResult {
+        call_id: String,
+        content: String,
+        is_error: bool,
+    },
     /// Reasoning / thinking text. `signature` is Anthropic's opaque signature
     /// (kept only for Anthropic; dropped elsewhere).
-    Reasoning { text: String, signature: Option<String> },
+    Reasoning {
+        text: String,
+        signature: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,7 +126,11 @@ pub enum OutputFormat {
     JsonObject,
     /// JSON matching a schema (OpenAI `json_schema`, Anthropic
     /// `output_config.format`, Ollama `format: {schema}`).
-    JsonSchema { name: String, schema: Value, strict: Option<bool> },
+    JsonSchema {
+        name: String,
+        schema: Value,
+        strict: Option<bool>,
+    },
 }
 
 /// A chat request in canonical form.
@@ -173,13 +188,24 @@ pub struct ChatResponse {
 /// and `End`. Tool calls are numbered by `index` (0, 1, … in order of start).
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
-    Start { id: String, model: String, created: u64 },
+    Start {
+        id: String,
+        model: String,
+        created: u64,
+    },
     TextDelta(String),
     ReasoningDelta(String),
     /// Anthropic thinking signature (dropped by non-Anthropic encoders).
     ReasoningSignature(String),
-    ToolCallStart { index: usize, id: String, name: String },
-    ToolCallDelta { index: usize, arguments: String },
+    ToolCallStart {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    ToolCallDelta {
+        index: usize,
+        arguments: String,
+    },
     Finish(FinishReason),
     Usage(Usage),
     /// The provider reported an error mid-stream.

@@ -11,14 +11,14 @@
 use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 /// Batches the queue holds before new ones are dropped.
 const QUEUE_BATCHES: usize = 1024;
@@ -44,7 +44,9 @@ impl LogSender {
         match self.tx.try_send(lines) {
             Ok(()) => {}
             Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
-                self.counters.dropped.fetch_add(count_lines(&b), Ordering::Relaxed);
+                self.counters
+                    .dropped
+                    .fetch_add(count_lines(&b), Ordering::Relaxed);
             }
         }
     }

@@ -16,6 +16,7 @@ use super::Core;
 use super::pipeline::{self, Ctx};
 use super::watch::{ClientWatch, read_append};
 use crate::error::{ApiFamily, RouterError};
+use crate::formats::Format;
 use crate::http::{
     self, BodyFraming, ChunkedDecoder, HeadLimits, ParseStatus, RequestHead, Version,
 };
@@ -402,7 +403,15 @@ async fn dispatch(core: &Core, conn: &mut ClientConn, req: &Request<'_>) -> Next
         "/v1/responses",
     ];
     match (req.method, req.path) {
-        ("POST", "/v1/chat/completions") => pipeline::chat_completions(core, conn, req, ctx).await,
+        ("POST", "/v1/chat/completions") => {
+            pipeline::handle(core, conn, req, ctx, Format::OpenAiChat).await
+        }
+        ("POST", "/v1/messages") | ("POST", "/v1/messages/count_tokens") => {
+            pipeline::handle(core, conn, req, ctx, Format::Anthropic).await
+        }
+        ("POST", "/v1/responses") => {
+            pipeline::handle(core, conn, req, ctx, Format::Responses).await
+        }
         ("GET", "/health") | ("HEAD", "/health") => {
             simple(core, conn, req, ctx, 200, b"text/plain", b"ok").await
         }
@@ -421,12 +430,6 @@ async fn dispatch(core: &Core, conn: &mut ClientConn, req: &Request<'_>) -> Next
         ("GET", "/v1/models") => {
             let body = core.snap.models_body.clone();
             simple(core, conn, req, ctx, 200, b"application/json", &body).await
-        }
-        ("POST", "/v1/messages")
-        | ("POST", "/v1/messages/count_tokens")
-        | ("POST", "/v1/responses") => {
-            let err = RouterError::unsupported(format!("{} is not implemented yet", req.path));
-            finish_error(core, conn, req, &mut ctx, family, err).await
         }
         (m, p) if known.contains(&p) => {
             finish_error(

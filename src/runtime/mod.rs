@@ -5,6 +5,7 @@
 
 mod conn;
 mod pipeline;
+mod translate;
 mod watch;
 
 use std::cell::{Cell, RefCell};

@@ -12,17 +12,19 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use monoio::io::AsyncWriteRentExt;
 use crate::upstream::Conn;
+use monoio::io::AsyncWriteRentExt;
 
 use super::conn::{
     ClientConn, Next, Request, finish_error, fmt_u64, write_error, write_length_and_close,
 };
+use super::translate::{self, StreamTranslator};
 use super::watch::{self, Wait};
 use super::{Core, Snapshot};
 use crate::classify::TagSet;
 use crate::config::{ProviderFormat, Scheme};
-use crate::error::{ApiFamily, RouterError};
+use crate::error::RouterError;
+use crate::formats::{ChatRequest, ChatResponse, FinishReason, Format, Part, StreamEvent, Usage};
 use crate::http::{self, ChunkedDecoder, ResponseFraming, ResponseHead};
 use crate::json::{self, ChatRequestInfo};
 use crate::route::{self, RouteInput};
@@ -254,43 +256,152 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(
+/// How the provider is called for one request.
+pub struct Plan {
+    pub pidx: usize,
+    /// The client's wire format (the endpoint it called).
+    pub client: Format,
+    /// The wire format the provider is spoken to in.
+    pub upstream: Format,
+    /// Same-format route: the client's bytes go through, only `model` and
+    /// `plugins` spliced; the provider's bytes come back unchanged.
+    pub passthrough: bool,
+    pub include_usage: bool,
+}
+
+/// What routing needs from a request, whatever its format.
+struct Parsed {
+    model: String,
+    stream: bool,
+    include_usage: bool,
+    plugin_ids: Vec<String>,
+    system: Option<String>,
+    /// Span of the conversation (`messages`, or `input` for Responses) in the body.
+    messages: Option<Range<usize>>,
+    has_images: bool,
+    has_tools: bool,
+    top: json::TopLevel,
+    /// OpenAI chat clients: the fast extraction (no canonical parse needed
+    /// for same-format routes).
+    chat: Option<ChatRequestInfo>,
+    /// Other clients: the canonical request.
+    canonical: Option<ChatRequest>,
+}
+
+fn parse_client(client: Format, body: &[u8], scratch: &mut Vec<u8>) -> Result<Parsed, RouterError> {
+    if client == Format::OpenAiChat {
+        let info =
+            json::parse_chat_request(body, scratch).map_err(|e| RouterError::bad_request(e.0))?;
+        return Ok(Parsed {
+            model: info.model.clone(),
+            stream: info.stream,
+            include_usage: info.include_usage,
+            plugin_ids: info.plugins.iter().map(|p| p.id.clone()).collect(),
+            system: (!info.system.is_empty()).then(|| info.system.clone()),
+            messages: Some(info.messages_json.clone()),
+            has_images: info.has_images,
+            has_tools: info.has_tools,
+            top: info.top.clone(),
+            chat: Some(info),
+            canonical: None,
+        });
+    }
+    let top = json::scan_top_level(body).map_err(|e| RouterError::bad_request(e.0))?;
+    let canonical =
+        translate::parse_request(client, body).map_err(|e| RouterError::bad_request(e.0))?;
+    let mut plugin_ids = Vec::new();
+    if let Some(m) = top.get("plugins") {
+        let v: serde_json::Value = serde_json::from_slice(&body[m.value.clone()])
+            .map_err(|e| RouterError::bad_request(format!("`plugins`: {e}")))?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| RouterError::bad_request("`plugins` must be an array"))?;
+        for (i, item) in items.iter().enumerate() {
+            let id = item.get("id").and_then(|v| v.as_str()).ok_or_else(|| {
+                RouterError::bad_request(format!("`plugins[{i}].id` must be a string"))
+            })?;
+            plugin_ids.push(id.to_string());
+        }
+    }
+    let conversation = if client == Format::Responses {
+        "input"
+    } else {
+        "messages"
+    };
+    let has_images = canonical
+        .messages
+        .iter()
+        .any(|m| m.parts.iter().any(|p| matches!(p, Part::Image(_))));
+    Ok(Parsed {
+        model: canonical.model.clone(),
+        stream: canonical.stream,
+        include_usage: canonical.include_usage,
+        plugin_ids,
+        system: canonical.system.clone(),
+        messages: top.get(conversation).map(|m| m.value.clone()),
+        has_images,
+        has_tools: !canonical.tools.is_empty(),
+        top,
+        chat: None,
+        canonical: Some(canonical),
+    })
+}
+
+/// The texts the keyword classifier reads: system prompt and every text part.
+fn classify(core: &Core, parsed: &Parsed, tags: &mut TagSet) {
+    let Some(c) = &core.snap.classifier else {
+        return;
+    };
+    if let Some(info) = &parsed.chat {
+        for text in info.texts() {
+            c.scan(text.as_bytes(), tags);
+        }
+        return;
+    }
+    if let Some(req) = &parsed.canonical {
+        if let Some(s) = &req.system {
+            c.scan(s.as_bytes(), tags);
+        }
+        for m in &req.messages {
+            for p in &m.parts {
+                match p {
+                    Part::Text(t) => c.scan(t.as_bytes(), tags),
+                    Part::ToolResult { content, .. } => c.scan(content.as_bytes(), tags),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// `POST /v1/chat/completions`, `POST /v1/messages`, `POST /v1/responses`:
+/// parse, classify, route, call the provider, answer in the client's format.
+pub async fn handle(
     core: &Core,
     conn: &mut ClientConn,
     req: &Request<'_>,
     mut ctx: Ctx<'_>,
+    client: Format,
 ) -> Next {
-    let family = ApiFamily::OpenAi;
+    let family = super::conn::family_for(req.path);
     // on_start + parse: what routing needs, without touching the client's bytes.
-    let info = match json::parse_chat_request(req.body, &mut conn.json_scratch) {
-        Ok(info) => info,
-        Err(e) => {
-            return finish_error(
-                core,
-                conn,
-                req,
-                &mut ctx,
-                family,
-                RouterError::bad_request(e.0),
-            )
-            .await;
-        }
+    let parsed = match parse_client(client, req.body, &mut conn.json_scratch) {
+        Ok(p) => p,
+        Err(err) => return finish_error(core, conn, req, &mut ctx, family, err).await,
     };
-    ctx.requested_model = Some(info.model.clone());
-    ctx.stream = info.stream;
-    ctx.messages = Some(info.messages_json.clone());
-    if !info.system.is_empty() {
-        ctx.system = Some(info.system.clone());
-    }
-    ctx.plugins = info.plugins.iter().map(|p| p.id.clone()).collect();
-    if let Some(bad) = info
-        .plugins
+    ctx.requested_model = Some(parsed.model.clone());
+    ctx.stream = parsed.stream;
+    ctx.messages = parsed.messages.clone();
+    ctx.system = parsed.system.clone();
+    ctx.plugins = parsed.plugin_ids.clone();
+    if let Some(bad) = parsed
+        .plugin_ids
         .iter()
-        .find(|p| !KNOWN_PLUGINS.contains(&p.id.as_str()))
+        .find(|id| !KNOWN_PLUGINS.contains(&id.as_str()))
     {
         let err = RouterError::bad_request(format!(
             "unknown plugin '{}' (known: {})",
-            bad.id,
+            bad,
             KNOWN_PLUGINS.join(", ")
         ))
         .with_code("unknown_plugin");
@@ -298,11 +409,7 @@ pub async fn chat_completions(
     }
 
     // classify: one automaton pass over each text span.
-    if let Some(c) = &core.snap.classifier {
-        for text in info.texts() {
-            c.scan(text.as_bytes(), &mut ctx.tags);
-        }
-    }
+    classify(core, &parsed, &mut ctx.tags);
 
     // route
     let snap = &core.snap;
@@ -321,10 +428,10 @@ pub async fn chat_completions(
         &overflow
     };
     let input = RouteInput {
-        model: &info.model,
+        model: &parsed.model,
         tags,
-        needs_vision: info.has_images,
-        needs_tools: info.has_tools,
+        needs_vision: parsed.has_images,
+        needs_tools: parsed.has_tools,
     };
     let decision = {
         let mut rng = core.rng.borrow_mut();
@@ -337,45 +444,103 @@ pub async fn chat_completions(
         )
     };
     let Some(decision) = decision else {
-        let err = RouterError::no_route(&info.model);
+        let err = RouterError::no_route(&parsed.model);
         return finish_error(core, conn, req, &mut ctx, family, err).await;
     };
     let pidx = decision.provider;
     let rewrite = decision.model.map(str::to_string);
     ctx.set_provider(pidx);
-    ctx.sent_model = Some(rewrite.clone().unwrap_or_else(|| info.model.clone()));
+    let sent_model = rewrite.clone().unwrap_or_else(|| parsed.model.clone());
+    ctx.sent_model = Some(sent_model.clone());
 
     // provider call
     let provider = &snap.config.providers[pidx];
-    match provider.format {
-        ProviderFormat::Mock => mock(core, conn, req, ctx, &info).await,
-        ProviderFormat::OpenAi | ProviderFormat::Ollama if provider.scheme == Scheme::Http => {
-            conn.up_req.clear();
-            let mut up_req = std::mem::take(&mut conn.up_req);
-            build_upstream_request(core, req, pidx, &info.top, rewrite.as_deref(), &mut up_req);
-            proxy(core, conn, req, ctx, pidx, up_req).await
-        }
-        ProviderFormat::OpenAi | ProviderFormat::Ollama => {
-            let err = RouterError::unsupported(format!(
-                "provider '{}' uses https://, which this build does not speak yet",
-                provider.name
-            ));
-            finish_error(core, conn, req, &mut ctx, family, err).await
-        }
-        ProviderFormat::Anthropic => {
-            let err = RouterError::unsupported(format!(
-                "provider '{}' speaks the anthropic format; translating chat completions to it is not implemented yet",
-                provider.name
-            ));
-            finish_error(core, conn, req, &mut ctx, family, err).await
-        }
+    if req.path.ends_with("/count_tokens") && provider.format != ProviderFormat::Anthropic {
+        // Never a fake count: only an Anthropic-format provider can answer.
+        let err = RouterError::bad_request(format!(
+            "count_tokens needs an anthropic-format provider; model '{}' routes to '{}' ({} format)",
+            parsed.model,
+            provider.name,
+            provider.format.as_str()
+        ))
+        .with_code("count_tokens_unsupported");
+        return finish_error(core, conn, req, &mut ctx, family, err).await;
     }
+    let upstream = match provider.format {
+        ProviderFormat::Mock => return mock(core, conn, req, ctx, &parsed, client).await,
+        ProviderFormat::OpenAi if client == Format::Responses && provider.responses => {
+            Format::Responses
+        }
+        ProviderFormat::OpenAi => Format::OpenAiChat,
+        ProviderFormat::Anthropic => Format::Anthropic,
+        ProviderFormat::Ollama => Format::Ollama,
+    };
+    if provider.scheme == Scheme::Https && !core.snap.tls_ready(pidx) {
+        let err = RouterError::upstream_connect(
+            &provider.name,
+            &snap.targets[pidx].display,
+            "TLS is not available for this provider",
+        );
+        return finish_error(core, conn, req, &mut ctx, family, err).await;
+    }
+    let plan = Plan {
+        pidx,
+        client,
+        upstream,
+        passthrough: upstream == client,
+        include_usage: parsed.include_usage,
+    };
+    conn.up_req.clear();
+    let mut up_req = std::mem::take(&mut conn.up_req);
+    if plan.passthrough {
+        build_upstream_request(
+            core,
+            req,
+            &plan,
+            Some((&parsed.top, rewrite.as_deref())),
+            None,
+            &mut up_req,
+        );
+    } else {
+        let mut canonical = match parsed.canonical {
+            Some(c) => c,
+            None => match translate::parse_request(client, req.body) {
+                Ok(c) => c,
+                Err(e) => {
+                    conn.up_req = up_req;
+                    return finish_error(
+                        core,
+                        conn,
+                        req,
+                        &mut ctx,
+                        family,
+                        RouterError::bad_request(e.0),
+                    )
+                    .await;
+                }
+            },
+        };
+        canonical.model = sent_model;
+        let mut body = Vec::with_capacity(req.body.len() + 256);
+        if let Err(e) = translate::write_request(upstream, &canonical, &mut body) {
+            conn.up_req = up_req;
+            let err = RouterError::bad_request(format!(
+                "cannot send this request to provider '{}': {e}",
+                provider.name
+            ));
+            return finish_error(core, conn, req, &mut ctx, family, err).await;
+        }
+        build_upstream_request(core, req, &plan, None, Some(&body), &mut up_req);
+    }
+    proxy(core, conn, req, ctx, &plan, up_req).await
 }
 
 /// Request headers never forwarded upstream: hop-by-hop ones, framing the
 /// router redoes, and the client's credentials (the provider's key is sent instead).
 fn skip_request_header(name: &[u8]) -> bool {
-    const SKIP: [&[u8]; 8] = [
+    const SKIP: [&[u8]; 10] = [
+        b"anthropic-version",
+        b"anthropic-beta",
         b"host",
         b"content-length",
         b"authorization",
@@ -388,53 +553,95 @@ fn skip_request_header(name: &[u8]) -> bool {
     http::is_hop_by_hop(name) || SKIP.iter().any(|s| s.eq_ignore_ascii_case(name))
 }
 
-/// The upstream request: our own framing, the client's other headers, the
-/// provider's key, and the client's body with only `model` and `plugins` changed.
+/// The upstream request: our own framing, the provider's key in the
+/// provider's own header, and either the client's body with only `model` and
+/// `plugins` spliced (`splice`, same-format) or a translated body.
 fn build_upstream_request(
     core: &Core,
     req: &Request<'_>,
-    pidx: usize,
-    top: &json::TopLevel,
-    rewrite: Option<&str>,
+    plan: &Plan,
+    splice: Option<(&json::TopLevel, Option<&str>)>,
+    translated: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) {
-    let p = &core.snap.config.providers[pidx];
+    let p = &core.snap.config.providers[plan.pidx];
     out.extend_from_slice(b"POST ");
     out.extend_from_slice(p.base_path.as_bytes());
-    if p.format == ProviderFormat::Ollama {
-        // Ollama also serves the OpenAI API under /v1; the native /api/chat
-        // translation arrives with the cross-format work.
-        out.extend_from_slice(b"/v1");
+    match plan.upstream {
+        Format::OpenAiChat => out.extend_from_slice(b"/chat/completions"),
+        Format::Responses => out.extend_from_slice(b"/responses"),
+        Format::Ollama => out.extend_from_slice(b"/api/chat"),
+        Format::Anthropic => {
+            if !p.base_path.ends_with("/v1") {
+                out.extend_from_slice(b"/v1");
+            }
+            out.extend_from_slice(if req.path.ends_with("/count_tokens") {
+                b"/messages/count_tokens"
+            } else {
+                b"/messages"
+            });
+            // Claude Code sends `?beta=true`: forwarded to Anthropic-format providers only.
+            if plan.passthrough
+                && let Some(q) = req.head.query(req.buf)
+            {
+                out.push(b'?');
+                out.extend_from_slice(q);
+            }
+        }
     }
-    out.extend_from_slice(b"/chat/completions HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(p.host_header.as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\n");
-    if let Some(key) = &p.api_key {
+    if plan.upstream == Format::Anthropic {
+        if let Some(key) = &p.api_key {
+            http::write_header(out, b"x-api-key", key.as_bytes());
+        }
+        let version = req.header("anthropic-version").unwrap_or(b"2023-06-01");
+        http::write_header(out, b"anthropic-version", version);
+        if plan.passthrough
+            && let Some(beta) = req.header("anthropic-beta")
+        {
+            http::write_header(out, b"anthropic-beta", beta);
+        }
+    } else if let Some(key) = &p.api_key {
         out.extend_from_slice(b"authorization: Bearer ");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let conn_values: Vec<&[u8]> = req
-        .head
-        .headers_iter(req.buf)
-        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-        .map(|(_, v)| v)
-        .collect();
-    for (name, value) in req.head.headers_iter(req.buf) {
-        if skip_request_header(name)
-            || (!conn_values.is_empty() && http::connection_listed(&conn_values, name))
-        {
-            continue;
+    if plan.passthrough {
+        // Same-format: the client's other end-to-end headers go along.
+        let conn_values: Vec<&[u8]> = req
+            .head
+            .headers_iter(req.buf)
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+            .map(|(_, v)| v)
+            .collect();
+        for (name, value) in req.head.headers_iter(req.buf) {
+            if skip_request_header(name)
+                || (!conn_values.is_empty() && http::connection_listed(&conn_values, name))
+            {
+                continue;
+            }
+            http::write_header(out, name, value);
         }
-        http::write_header(out, name, value);
+    } else if let Some(ua) = req.header("user-agent") {
+        http::write_header(out, b"user-agent", ua);
     }
-    // copy: the spliced body is built aside, then follows the head so one write sends both.
-    let mut body = Vec::with_capacity(req.body.len() + 64);
-    json::splice_request(req.body, top, rewrite, &mut body);
+    // copy: the body is built aside, then follows the head so one write sends both.
+    let mut spliced = Vec::new();
+    let body: &[u8] = match (splice, translated) {
+        (_, Some(t)) => t,
+        (Some((top, rewrite)), None) => {
+            spliced.reserve(req.body.len() + 64);
+            json::splice_request(req.body, top, rewrite, &mut spliced);
+            &spliced
+        }
+        (None, None) => req.body,
+    };
     let mut n = [0u8; 20];
     http::write_header(out, b"content-length", fmt_u64(body.len() as u64, &mut n));
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
 }
 
 /// What relaying ended with.
@@ -450,7 +657,7 @@ async fn proxy(
     conn: &mut ClientConn,
     req: &Request<'_>,
     mut ctx: Ctx<'_>,
-    pidx: usize,
+    plan: &Plan,
     up_req: Vec<u8>,
 ) -> Next {
     let watch = conn.take_watch();
@@ -461,7 +668,7 @@ async fn proxy(
         conn,
         req,
         &mut ctx,
-        pidx,
+        plan,
         up_req,
         resp,
         watch.as_ref(),
@@ -480,16 +687,17 @@ async fn proxy_inner(
     conn: &mut ClientConn,
     req: &Request<'_>,
     ctx: &mut Ctx<'_>,
-    pidx: usize,
+    plan: &Plan,
     mut up_req: Vec<u8>,
     mut resp: Vec<u8>,
     watch: Option<&watch::ClientWatch>,
 ) -> (Next, Vec<u8>, Vec<u8>) {
+    let pidx = plan.pidx;
     let snap = &core.snap;
     let server = &snap.config.server;
     let provider = &snap.config.providers[pidx];
     let target = &snap.targets[pidx];
-    let family = ApiFamily::OpenAi;
+    let family = super::conn::family_for(req.path);
     let timeout = Duration::from_millis(
         provider
             .first_byte_timeout_ms
@@ -620,11 +828,40 @@ async fn proxy_inner(
         ctx.error = Some(format!("provider returned status {}", head.status));
     }
 
-    let is_sse = header_value(&resp, &head, "content-type")
-        .is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
-    if is_sse {
+    let content_type = header_value(&resp, &head, "content-type").unwrap_or(b"");
+    let starts =
+        |p: &[u8]| content_type.len() >= p.len() && content_type[..p.len()].eq_ignore_ascii_case(p);
+    let is_stream = starts(b"text/event-stream")
+        || ((200..300).contains(&head.status) && starts(b"application/x-ndjson"));
+    if is_stream {
+        let mode = if plan.passthrough && plan.client == Format::OpenAiChat {
+            StreamMode::Chat {
+                parser: SseParser::new(16 << 20),
+                stats: ChatStreamStats::default(),
+            }
+        } else if plan.passthrough {
+            StreamMode::Tap(StreamTranslator::tap(plan.upstream))
+        } else {
+            StreamMode::Translate(StreamTranslator::new(
+                plan.upstream,
+                plan.client,
+                plan.include_usage,
+            ))
+        };
         let (outcome, reusable) = relay_stream(
-            core, conn, req, ctx, &mut up, &mut resp, &head, &mut armed, timeout, t_sent, t_head,
+            core,
+            conn,
+            req,
+            ctx,
+            &mut up,
+            &mut resp,
+            &head,
+            &mut armed,
+            timeout,
+            t_sent,
+            t_head,
+            mode,
+            plan.client,
         )
         .await;
         match outcome {
@@ -682,27 +919,67 @@ async fn proxy_inner(
         } else {
             &resp[body_range.clone()]
         };
-        if (200..300).contains(&head.status) {
-            let (input, output, text) = crate::sse::chat_response_stats(body_bytes);
-            ctx.input_tokens = input;
-            ctx.output_tokens = output;
-            post_response(core, ctx, text);
-        } else {
-            ctx.response = Some(
-                String::from_utf8_lossy(&body_bytes[..body_bytes.len().min(4096)]).into_owned(),
+        let ok = (200..300).contains(&head.status);
+        if plan.passthrough {
+            if ok && plan.client == Format::OpenAiChat {
+                let (input, output, text) = crate::sse::chat_response_stats(body_bytes);
+                ctx.input_tokens = input;
+                ctx.output_tokens = output;
+                post_response(core, ctx, text);
+            } else if ok {
+                if let Ok(r) = translate::parse_response(plan.upstream, body_bytes) {
+                    ctx.input_tokens = r.usage.map(|u| u.input_tokens);
+                    ctx.output_tokens = r.usage.map(|u| u.output_tokens);
+                    post_response(core, ctx, translate::response_text(&r));
+                }
+            } else {
+                ctx.response = Some(
+                    String::from_utf8_lossy(&body_bytes[..body_bytes.len().min(4096)]).into_owned(),
+                );
+            }
+            ctx.overhead_us += micros_since(t_done);
+            write_response_head(
+                conn,
+                &resp,
+                &head,
+                ctx,
+                Some(body_bytes.len()),
+                !req.keep_alive,
             );
+            // copy: head and body leave in one write.
+            conn.out.extend_from_slice(body_bytes);
+        } else {
+            // Cross-format: the reply (or the provider's error) in the client's format, same status.
+            let mut translated = Vec::with_capacity(body_bytes.len() + 256);
+            if ok {
+                match translate::parse_response(plan.upstream, body_bytes) {
+                    Ok(r) => {
+                        ctx.input_tokens = r.usage.map(|u| u.input_tokens);
+                        ctx.output_tokens = r.usage.map(|u| u.output_tokens);
+                        post_response(core, ctx, translate::response_text(&r));
+                        translate::write_response(plan.client, &r, &mut translated);
+                    }
+                    Err(e) => {
+                        conn.up_body = body;
+                        fail!(RouterError::upstream_bad_response(&provider.name, &e.0));
+                    }
+                }
+            } else {
+                let err = translate::parse_error(plan.upstream, head.status, body_bytes);
+                ctx.response = Some(err.message.clone());
+                translate::write_error(plan.client, &err, &mut translated);
+            }
+            ctx.overhead_us += micros_since(t_done);
+            write_own_head(
+                conn,
+                head.status,
+                b"application/json",
+                ctx,
+                Some(translated.len()),
+                !req.keep_alive,
+            );
+            conn.out.extend_from_slice(&translated);
         }
-        ctx.overhead_us += micros_since(t_done);
-        write_response_head(
-            conn,
-            &resp,
-            &head,
-            ctx,
-            Some(body_bytes.len()),
-            !req.keep_alive,
-        );
-        // copy: head and body leave in one write.
-        conn.out.extend_from_slice(body_bytes);
     }
     conn.up_body = body;
     if conn.flush().await.is_err() {
@@ -880,9 +1157,56 @@ fn write_response_head(
     }
 }
 
-/// Relay an SSE reply event by event as it arrives, scanning the same bytes
-/// for usage and text. Returns how it ended and whether the upstream
-/// connection may be pooled.
+/// How a streamed reply is relayed.
+enum StreamMode {
+    /// OpenAI chat passthrough: bytes unchanged, scanned for usage and text.
+    Chat {
+        parser: SseParser,
+        stats: ChatStreamStats,
+    },
+    /// Other same-format passthrough: bytes unchanged, decoded for the log.
+    Tap(StreamTranslator),
+    /// Cross-format: the provider's events re-encoded in the client's format.
+    Translate(StreamTranslator),
+}
+
+/// A head the router writes itself (cross-format replies): status, content
+/// type, `X-Router-*`, our framing.
+fn write_own_head(
+    conn: &mut ClientConn,
+    status: u16,
+    content_type: &[u8],
+    ctx: &Ctx<'_>,
+    len: Option<usize>,
+    close: bool,
+) {
+    let out = &mut conn.out;
+    http::write_status_line(out, status);
+    http::write_header(out, b"content-type", content_type);
+    if len.is_none() {
+        http::write_header(out, b"cache-control", b"no-cache");
+        http::write_header(out, b"x-accel-buffering", b"no");
+    }
+    ctx.write_router_headers(out);
+    match len {
+        Some(len) => write_length_and_close(out, len, close),
+        None if conn.http10 => {
+            http::write_header(out, b"connection", b"close");
+            out.extend_from_slice(b"\r\n");
+        }
+        None => {
+            http::write_header(out, b"transfer-encoding", b"chunked");
+            if close {
+                http::write_header(out, b"connection", b"close");
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Relay a streamed reply as it arrives (SSE, or Ollama's NDJSON when
+/// translating), scanning or translating the same bytes. Returns how it
+/// ended and whether the upstream connection may be pooled.
 #[allow(clippy::too_many_arguments)]
 async fn relay_stream(
     core: &Core,
@@ -896,28 +1220,34 @@ async fn relay_stream(
     timeout: Duration,
     t_sent: Instant,
     t_head: Instant,
+    mut mode: StreamMode,
+    client: Format,
 ) -> (Relay, bool) {
     let chunked_out = !conn.http10;
     ctx.overhead_us += micros_since(t_head);
     let _ = t_sent;
-    write_response_head(conn, resp, head, ctx, None, !req.keep_alive || conn.http10);
+    let close = !req.keep_alive || conn.http10;
+    if matches!(mode, StreamMode::Translate(_)) {
+        write_own_head(conn, head.status, b"text/event-stream", ctx, None, close);
+    } else {
+        write_response_head(conn, resp, head, ctx, None, close);
+    }
     // Each write to the client is a TCP send (and a wake-up of the reader):
     // when events came with the head, the head leaves with them in one write.
     if resp.len() == head.head_len && conn.flush().await.is_err() {
         return (Relay::ClientGone, false);
     }
     let mut ended = false;
-    let mut parser = SseParser::new(16 << 20);
-    let mut stats = ChatStreamStats::default();
     let mut dec = ChunkedDecoder::new(16 * 1024);
     let mut ranges: Vec<Range<usize>> = Vec::new();
+    let mut translated: Vec<u8> = Vec::new();
     let mut remaining = match head.framing {
         ResponseFraming::ContentLength(n) => n,
         _ => 0,
     };
     let mut pos = head.head_len;
     let mut first = true;
-    let outcome = loop {
+    let outcome = 'relay: loop {
         // Decode what is buffered into payload ranges.
         ranges.clear();
         let mut finished = false;
@@ -954,17 +1284,54 @@ async fn relay_stream(
                 first = false;
                 ctx.ttft_ms = Some(ms(req.t0.elapsed()));
             }
-            let _ = parser.feed(payload, |ev| stats.on_event(ev.data));
+            let bytes: &[u8] = match &mut mode {
+                StreamMode::Chat { parser, stats } => {
+                    let _ = parser.feed(payload, |ev| stats.on_event(ev.data));
+                    payload
+                }
+                StreamMode::Tap(t) => {
+                    translated.clear();
+                    let _ = t.feed(payload, &mut translated);
+                    payload
+                }
+                StreamMode::Translate(t) => {
+                    translated.clear();
+                    if let Err(e) = t.feed(payload, &mut translated) {
+                        // A malformed provider event: end the client's stream with an error.
+                        if !translated.is_empty() {
+                            http::write_chunk(&mut conn.out, &translated);
+                        }
+                        break 'relay Relay::UpstreamFailed(format!(
+                            "malformed provider event: {e}"
+                        ));
+                    }
+                    &translated
+                }
+            };
+            if bytes.is_empty() {
+                continue;
+            }
             if chunked_out {
-                http::write_chunk(&mut conn.out, payload);
+                http::write_chunk(&mut conn.out, bytes);
             } else {
-                conn.out.extend_from_slice(payload);
+                conn.out.extend_from_slice(bytes);
             }
         }
-        if finished && chunked_out {
-            // The terminating chunk leaves with the last events.
-            conn.out.extend_from_slice(http::LAST_CHUNK);
-            ended = true;
+        if finished {
+            if let StreamMode::Translate(t) = &mut mode {
+                translated.clear();
+                t.finish(&mut translated, None);
+                if chunked_out {
+                    http::write_chunk(&mut conn.out, &translated);
+                } else {
+                    conn.out.extend_from_slice(&translated);
+                }
+            }
+            if chunked_out {
+                // The terminating chunk leaves with the last events.
+                conn.out.extend_from_slice(http::LAST_CHUNK);
+                ended = true;
+            }
         }
         if !conn.out.is_empty() && conn.flush().await.is_err() {
             break Relay::ClientGone;
@@ -994,17 +1361,38 @@ async fn relay_stream(
             Wait::ClientGone => break Relay::ClientGone,
         }
     };
-    ctx.input_tokens = stats.input_tokens;
-    ctx.output_tokens = stats.output_tokens;
-    if let Some(e) = &stats.error {
-        ctx.error = Some(e.clone());
-    }
-    let text = std::mem::take(&mut stats.text);
+    let text = match &mut mode {
+        StreamMode::Chat { stats, .. } => {
+            ctx.input_tokens = stats.input_tokens;
+            ctx.output_tokens = stats.output_tokens;
+            if let Some(e) = &stats.error {
+                ctx.error = Some(e.clone());
+            }
+            std::mem::take(&mut stats.text)
+        }
+        StreamMode::Tap(t) | StreamMode::Translate(t) => {
+            ctx.input_tokens = t.usage.map(|u| u.input_tokens);
+            ctx.output_tokens = t.usage.map(|u| u.output_tokens);
+            if let Some(e) = &t.error {
+                ctx.error = Some(e.clone());
+            }
+            std::mem::take(&mut t.text)
+        }
+    };
     post_response(core, ctx, text);
     match outcome {
         Relay::Complete => {
-            if chunked_out && !ended {
-                conn.out.extend_from_slice(http::LAST_CHUNK);
+            if !ended {
+                if let StreamMode::Translate(t) = &mut mode
+                    && head.framing == ResponseFraming::UntilClose
+                {
+                    translated.clear();
+                    t.finish(&mut translated, None);
+                    conn.out.extend_from_slice(&translated);
+                }
+                if chunked_out {
+                    conn.out.extend_from_slice(http::LAST_CHUNK);
+                }
             }
             if conn.flush().await.is_err() {
                 return (Relay::ClientGone, false);
@@ -1014,13 +1402,16 @@ async fn relay_stream(
             (Relay::Complete, reusable)
         }
         Relay::UpstreamFailed(msg) => {
-            // End the client's stream in its own format: an error event, never a fake [DONE].
+            // End the client's stream in its own format: an error event, never a fake end.
             let mut event = Vec::new();
-            crate::sse::write_openai_stream_error(
-                &mut event,
-                &format!("upstream stream ended abnormally: {msg}"),
-                "upstream_disconnected",
-            );
+            match &mut mode {
+                StreamMode::Translate(t) => t.finish(&mut event, Some(&msg)),
+                _ => translate::write_stream_error(
+                    client,
+                    &format!("upstream stream ended abnormally: {msg}"),
+                    &mut event,
+                ),
+            }
             if chunked_out {
                 http::write_chunk(&mut conn.out, &event);
                 conn.out.extend_from_slice(http::LAST_CHUNK);
@@ -1042,11 +1433,26 @@ async fn mock(
     conn: &mut ClientConn,
     req: &Request<'_>,
     mut ctx: Ctx<'_>,
-    info: &ChatRequestInfo,
+    parsed: &Parsed,
+    client: Format,
 ) -> Next {
     let p = &core.snap.config.providers[ctx.provider.unwrap_or(0)];
     let model = ctx.sent_model.clone().unwrap_or_default();
-    let prompt_bytes: usize = info.texts().map(str::len).sum();
+    let prompt_bytes: usize = match (&parsed.chat, &parsed.canonical) {
+        (Some(info), _) => info.texts().map(str::len).sum(),
+        (None, Some(c)) => {
+            c.system.as_ref().map_or(0, String::len)
+                + c.messages
+                    .iter()
+                    .flat_map(|m| &m.parts)
+                    .map(|p| if let Part::Text(t) = p { t.len() } else { 0 })
+                    .sum::<usize>()
+        }
+        (None, None) => 0,
+    };
+    // OpenAI chat clients get the mock's own writer; others the canonical encoders.
+    let mut encoder = (client != Format::OpenAiChat)
+        .then(|| translate::EventEncoder::new(client, parsed.include_usage));
     let input = crate::mock::input_tokens(prompt_bytes);
     let created = ctx.ts_ms / 1000;
     let id = format!("chatcmpl-{}", ctx.id);
@@ -1061,9 +1467,24 @@ async fn mock(
     post_response(core, &mut ctx, crate::mock::MOCK_TEXT.to_string());
     let close = !req.keep_alive;
     let mut ok = true;
-    if !info.stream {
+    if !parsed.stream {
         let mut body = Vec::with_capacity(512);
-        crate::mock::chat_completion(&mut body, &id, created, &model, input);
+        if encoder.is_some() {
+            let reply = ChatResponse {
+                id: id.clone(),
+                model: model.clone(),
+                parts: vec![Part::Text(crate::mock::MOCK_TEXT.to_string())],
+                finish: FinishReason::Stop,
+                usage: Some(Usage {
+                    input_tokens: input,
+                    output_tokens: crate::mock::output_tokens(),
+                }),
+                created,
+            };
+            translate::write_response(client, &reply, &mut body);
+        } else {
+            crate::mock::chat_completion(&mut body, &id, created, &model, input);
+        }
         http::write_status_line(&mut conn.out, 200);
         http::write_header(&mut conn.out, b"content-type", b"application/json");
         ctx.write_router_headers(&mut conn.out);
@@ -1105,14 +1526,24 @@ async fn mock(
             }
             event.clear();
         };
-        crate::mock::chat_chunk(
-            &mut event,
-            &id,
-            created,
-            &model,
-            "{\"role\":\"assistant\",\"content\":\"\"}",
-            None,
-        );
+        match &mut encoder {
+            Some(e) => e.encode(
+                &StreamEvent::Start {
+                    id: id.clone(),
+                    model: model.clone(),
+                    created,
+                },
+                &mut event,
+            ),
+            None => crate::mock::chat_chunk(
+                &mut event,
+                &id,
+                created,
+                &model,
+                "{\"role\":\"assistant\",\"content\":\"\"}",
+                None,
+            ),
+        }
         emit(conn, &mut event);
         for token in crate::mock::tokens() {
             if let Some(g) = gap {
@@ -1122,25 +1553,40 @@ async fn mock(
                 }
                 monoio::time::sleep(g).await;
             }
-            crate::mock::chat_chunk(
-                &mut event,
-                &id,
-                created,
-                &model,
-                &crate::mock::content_delta(token),
-                None,
-            );
+            match &mut encoder {
+                Some(e) => e.encode(&StreamEvent::TextDelta(token.to_string()), &mut event),
+                None => crate::mock::chat_chunk(
+                    &mut event,
+                    &id,
+                    created,
+                    &model,
+                    &crate::mock::content_delta(token),
+                    None,
+                ),
+            }
             emit(conn, &mut event);
         }
         if ok {
-            crate::mock::chat_chunk(&mut event, &id, created, &model, "{}", Some("stop"));
-            emit(conn, &mut event);
-            if info.include_usage {
-                crate::mock::usage_chunk(&mut event, &id, created, &model, input);
+            if let Some(e) = &mut encoder {
+                e.encode(&StreamEvent::Finish(FinishReason::Stop), &mut event);
+                let usage = Usage {
+                    input_tokens: input,
+                    output_tokens: crate::mock::output_tokens(),
+                };
+                e.encode(&StreamEvent::Usage(usage), &mut event);
+                e.encode(&StreamEvent::End, &mut event);
+                e.finish(&mut event);
+                emit(conn, &mut event);
+            } else {
+                crate::mock::chat_chunk(&mut event, &id, created, &model, "{}", Some("stop"));
+                emit(conn, &mut event);
+                if parsed.include_usage {
+                    crate::mock::usage_chunk(&mut event, &id, created, &model, input);
+                    emit(conn, &mut event);
+                }
+                event.extend_from_slice(crate::mock::DONE);
                 emit(conn, &mut event);
             }
-            event.extend_from_slice(crate::mock::DONE);
-            emit(conn, &mut event);
             if chunked {
                 conn.out.extend_from_slice(http::LAST_CHUNK);
             }

@@ -377,45 +377,45 @@ impl AsyncWriteRent for TlsStream {
         }
     }
 
+    /// Writes every iovec whole, one record at a time, before returning.
+    /// A short count would be unsafe to return: monoio 0.2.4's
+    /// `write_vectored_all` mishandles partial writes (its cursor never
+    /// advances inside an iovec and then reads past the iovec array).
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: an `IoVecBuf` points at `read_iovec_len()` valid iovecs, each
+        // naming `iov_len` initialised bytes that `buf` owns; `buf` is neither
+        // moved nor changed until this function hands it back.
+        let iovecs: Vec<libc::iovec> = unsafe {
+            std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()).to_vec()
+        };
         let mut total = 0;
-        {
-            // SAFETY: an `IoVecBuf` points at `read_iovec_len()` valid iovecs,
-            // each naming `iov_len` initialised bytes it owns; all borrows end
-            // before the await below.
-            let iovecs =
-                unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
-            for v in iovecs {
-                if total >= PLAINTEXT_WRITE {
-                    break;
-                }
-                if v.iov_len == 0 {
-                    continue;
-                }
-                // SAFETY: as above.
-                let data = unsafe {
-                    std::slice::from_raw_parts(v.iov_base.cast::<u8>().cast_const(), v.iov_len)
+        for v in &iovecs {
+            let mut done = 0;
+            while done < v.iov_len {
+                // SAFETY: as above; `done < iov_len`. The slice is dropped
+                // before the await.
+                let rest = unsafe {
+                    std::slice::from_raw_parts(
+                        v.iov_base.cast::<u8>().cast_const().add(done),
+                        v.iov_len - done,
+                    )
                 };
-                let room = PLAINTEXT_WRITE - total;
-                let want = data.len().min(room);
-                match self.encrypt(&data[..want]) {
-                    Ok(n) => {
-                        total += n;
-                        if n < want {
-                            break;
-                        }
+                let n = match self.encrypt(rest) {
+                    Ok(0) => {
+                        let e = io::Error::new(io::ErrorKind::WriteZero, "TLS writer full");
+                        return (Err(e), buf);
                     }
+                    Ok(n) => n,
                     Err(e) => return (Err(e), buf),
+                };
+                if let Err(e) = self.flush_records().await {
+                    return (Err(e), buf);
                 }
+                done += n;
+                total += n;
             }
         }
-        if total == 0 {
-            return (Ok(0), buf);
-        }
-        match self.flush_records().await {
-            Ok(()) => (Ok(total), buf),
-            Err(e) => (Err(e), buf),
-        }
+        (Ok(total), buf)
     }
 
     async fn flush(&mut self) -> io::Result<()> {

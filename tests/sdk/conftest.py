@@ -321,13 +321,27 @@ def router_binary() -> Path:
     return Path(os.environ.get("OSR_BIN") or REPO_ROOT / "target" / "debug" / "opensourcellmrouter")
 
 
-def start_router(dir_: Path, upstream: MockUpstream) -> RouterProc:
+def start_router(
+    dir_: Path,
+    upstream: MockUpstream | None,
+    *,
+    config_text: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> RouterProc:
+    """Start the router. By default with `write_config` for `upstream`; with `config_text`, that
+    config instead (its `[logging] path` should be `dir_/requests.jsonl`) and `extra_env` added."""
     binary = router_binary()
     if not binary.exists():
         pytest.fail(f"router binary {binary} not found: run `cargo build --bins` (or set OSR_BIN)")
-    cfg_path, log_path = write_config(dir_, upstream.base_url)
+    if config_text is None:
+        assert upstream is not None
+        cfg_path, log_path = write_config(dir_, upstream.base_url)
+    else:
+        cfg_path, log_path = dir_ / "config.toml", dir_ / "requests.jsonl"
+        cfg_path.write_text(config_text)
     env = dict(os.environ)
     env["OSR_TEST_UPSTREAM_KEY"] = UPSTREAM_KEY
+    env.update(extra_env or {})
     proc = subprocess.Popen(
         [str(binary), str(cfg_path)],
         cwd=dir_,  # no stray config.toml / .env from the repo
@@ -427,3 +441,149 @@ def wait_for_log_lines(path: Path, n: int, timeout_s: float = 10.0) -> list[dict
         time.sleep(0.05)
         lines = read_log_lines(path)
     return lines
+
+
+# --------------------------------------------------------------------------- every format (issue 4)
+#
+# A second mock upstream (multiformat_upstream.py) speaks OpenAI chat, Anthropic Messages and
+# Ollama's native API; a second router, with its own config, routes by model prefix to a provider
+# of each format. The fixtures above stay as they were for test_openai_sdk.py.
+
+from multiformat_upstream import (  # noqa: E402
+    ANTH_KEY,
+    OPENAI_KEY,
+    MultiUpstream,
+    start_multi_upstream,
+)
+
+ROUTER_KEY_ENV = "OSR_TEST_ROUTER_KEY"
+
+
+def multi_config(dir_: Path, mu: MultiUpstream) -> str:
+    log_path = dir_ / "requests.jsonl"
+    return f"""\
+[server]
+host = "127.0.0.1"
+port = 0
+workers = 1
+api_key_env = "{ROUTER_KEY_ENV}"
+
+[logging]
+enabled = true
+path = {_toml_str(str(log_path))}
+
+[[providers]]
+name = "up"
+format = "openai"
+base_url = {_toml_str(mu.root + "/v1")}
+api_key_env = "OSR_TEST_OPENAI_KEY"
+
+[[providers]]
+name = "anth"
+format = "anthropic"
+base_url = {_toml_str(mu.root)}
+api_key_env = "OSR_TEST_ANTH_KEY"
+
+[[providers]]
+name = "anthv1"
+format = "anthropic"
+base_url = {_toml_str(mu.root + "/v1/")}
+api_key_env = "OSR_TEST_ANTH_KEY"
+
+[[providers]]
+name = "oll"
+format = "ollama"
+base_url = {_toml_str(mu.root)}
+
+[[providers]]
+name = "mock"
+format = "mock"
+
+[[routers]]
+type = "prefix"
+model_prefix = "claude-"
+provider = "anth"
+
+[[routers]]
+type = "prefix"
+model_prefix = "anthv1-"
+provider = "anthv1"
+
+[[routers]]
+type = "prefix"
+model_prefix = "alias-claude-"
+provider = "anth"
+rewrite_model = "claude-real-model"
+
+[[routers]]
+type = "prefix"
+model_prefix = "gpt-"
+provider = "up"
+
+[[routers]]
+type = "prefix"
+model_prefix = "llama"
+provider = "oll"
+
+[[routers]]
+type = "prefix"
+model_prefix = "mock"
+provider = "mock"
+"""
+
+
+@pytest.fixture(scope="session")
+def multi_upstream() -> MultiUpstream:
+    state, server = start_multi_upstream()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def xrouter(multi_upstream: MultiUpstream, tmp_path_factory: pytest.TempPathFactory) -> RouterProc:
+    """The router in front of every provider format (providers up, anth, anthv1, oll, mock)."""
+    dir_ = tmp_path_factory.mktemp("xrouter")
+    r = start_router(
+        dir_,
+        None,
+        config_text=multi_config(dir_, multi_upstream),
+        extra_env={
+            "OSR_TEST_OPENAI_KEY": OPENAI_KEY,
+            "OSR_TEST_ANTH_KEY": ANTH_KEY,
+            ROUTER_KEY_ENV: CLIENT_KEY,
+        },
+    )
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def make_anthropic_client(r: RouterProc, **kwargs: Any):
+    import anthropic
+
+    kwargs.setdefault("api_key", CLIENT_KEY)
+    return anthropic.Anthropic(base_url=f"http://{r.addr}", max_retries=0, timeout=30.0, **kwargs)
+
+
+@pytest.fixture
+def aclient(xrouter: RouterProc):
+    """The official `anthropic` SDK pointed at the multi-format router."""
+    c = make_anthropic_client(xrouter)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def oclient(xrouter: RouterProc):
+    """The official `openai` SDK pointed at the multi-format router."""
+    c = make_client(xrouter)
+    try:
+        yield c
+    finally:
+        c.close()

@@ -1,0 +1,345 @@
+//! Cross-format glue: dispatches the pure conversions of [`crate::formats`]
+//! by format, and turns a provider's stream into the client's, event by event.
+//!
+//! Only cross-format routes come here; same-format routes are byte passthrough.
+
+use crate::formats::{
+    self, ApiError, ChatRequest, ChatResponse, Format, FormatError, Part, StreamEvent, Usage,
+};
+use crate::sse::SseParser;
+
+/// Parse a client's request body in its own format.
+pub fn parse_request(format: Format, body: &[u8]) -> Result<ChatRequest, FormatError> {
+    match format {
+        Format::OpenAiChat => formats::openai::parse_request(body),
+        Format::Anthropic => formats::anthropic::parse_request(body),
+        Format::Responses => formats::responses::parse_request(body),
+        Format::Ollama => formats::ollama::parse_request(body),
+    }
+}
+
+/// Write a request body in a provider's format (some requests cannot be
+/// expressed in some formats, e.g. image URLs for Ollama).
+pub fn write_request(
+    format: Format,
+    req: &ChatRequest,
+    out: &mut Vec<u8>,
+) -> Result<(), FormatError> {
+    match format {
+        Format::OpenAiChat => formats::openai::write_request(req, out),
+        Format::Anthropic => formats::anthropic::write_request(req, out),
+        Format::Responses => formats::responses::write_request(req, out),
+        Format::Ollama => return formats::ollama::write_request(req, out),
+    }
+    Ok(())
+}
+
+pub fn parse_response(format: Format, body: &[u8]) -> Result<ChatResponse, FormatError> {
+    match format {
+        Format::OpenAiChat => formats::openai::parse_response(body),
+        Format::Anthropic => formats::anthropic::parse_response(body),
+        Format::Responses => formats::responses::parse_response(body),
+        Format::Ollama => formats::ollama::parse_response(body),
+    }
+}
+
+pub fn write_response(format: Format, resp: &ChatResponse, out: &mut Vec<u8>) {
+    match format {
+        Format::OpenAiChat => formats::openai::write_response(resp, out),
+        Format::Anthropic => formats::anthropic::write_response(resp, out),
+        Format::Responses => formats::responses::write_response(resp, out),
+        Format::Ollama => formats::ollama::write_response(resp, out),
+    }
+}
+
+pub fn parse_error(format: Format, status: u16, body: &[u8]) -> ApiError {
+    match format {
+        Format::OpenAiChat => formats::openai::parse_error(status, body),
+        Format::Anthropic => formats::anthropic::parse_error(status, body),
+        Format::Responses => formats::responses::parse_error(status, body),
+        Format::Ollama => formats::ollama::parse_error(status, body),
+    }
+}
+
+pub fn write_error(format: Format, err: &ApiError, out: &mut Vec<u8>) {
+    match format {
+        Format::OpenAiChat => formats::openai::write_error(err, out),
+        Format::Anthropic => formats::anthropic::write_error(err, out),
+        Format::Responses => formats::responses::write_error(err, out),
+        Format::Ollama => formats::ollama::write_error(err, out),
+    }
+}
+
+/// The text of a reply (for the log line and response classifiers).
+pub fn response_text(resp: &ChatResponse) -> String {
+    let mut text = String::new();
+    for p in &resp.parts {
+        if let Part::Text(t) = p {
+            text.push_str(t);
+        }
+    }
+    text
+}
+
+enum Decoder {
+    OpenAi(formats::openai::StreamDecoder),
+    Anthropic(formats::anthropic::StreamDecoder),
+    Responses(formats::responses::StreamDecoder),
+    Ollama(formats::ollama::StreamDecoder),
+}
+
+impl Decoder {
+    fn new(format: Format) -> Self {
+        match format {
+            Format::OpenAiChat => Decoder::OpenAi(formats::openai::StreamDecoder::new()),
+            Format::Anthropic => Decoder::Anthropic(formats::anthropic::StreamDecoder::new()),
+            Format::Responses => Decoder::Responses(formats::responses::StreamDecoder::new()),
+            Format::Ollama => Decoder::Ollama(formats::ollama::StreamDecoder::new()),
+        }
+    }
+
+    fn feed(
+        &mut self,
+        event: Option<&[u8]>,
+        data: &[u8],
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), FormatError> {
+        match self {
+            Decoder::OpenAi(d) => d.feed(event, data, out),
+            Decoder::Anthropic(d) => d.feed(event, data, out),
+            Decoder::Responses(d) => d.feed(event, data, out),
+            Decoder::Ollama(d) => d.feed(event, data, out),
+        }
+    }
+}
+
+enum Encoder {
+    OpenAi(formats::openai::StreamEncoder),
+    Anthropic(formats::anthropic::StreamEncoder),
+    Responses(formats::responses::StreamEncoder),
+    Ollama(formats::ollama::StreamEncoder),
+}
+
+impl Encoder {
+    fn new(format: Format, include_usage: bool) -> Self {
+        match format {
+            Format::OpenAiChat => {
+                Encoder::OpenAi(formats::openai::StreamEncoder::new(include_usage))
+            }
+            Format::Anthropic => {
+                Encoder::Anthropic(formats::anthropic::StreamEncoder::new(include_usage))
+            }
+            Format::Responses => {
+                Encoder::Responses(formats::responses::StreamEncoder::new(include_usage))
+            }
+            Format::Ollama => Encoder::Ollama(formats::ollama::StreamEncoder::new(include_usage)),
+        }
+    }
+
+    fn encode(&mut self, ev: &StreamEvent, out: &mut Vec<u8>) {
+        match self {
+            Encoder::OpenAi(e) => e.encode(ev, out),
+            Encoder::Anthropic(e) => e.encode(ev, out),
+            Encoder::Responses(e) => e.encode(ev, out),
+            Encoder::Ollama(e) => e.encode(ev, out),
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        match self {
+            Encoder::OpenAi(e) => e.finish(out),
+            Encoder::Anthropic(e) => e.finish(out),
+            Encoder::Responses(e) => e.finish(out),
+            Encoder::Ollama(e) => e.finish(out),
+        }
+    }
+}
+
+/// How the provider frames its stream.
+enum Framing {
+    Sse(SseParser),
+    /// Ollama: one JSON object per line.
+    Ndjson {
+        line: Vec<u8>,
+        max: usize,
+    },
+}
+
+/// Turns a provider's stream (SSE or NDJSON, any format) into the client's
+/// SSE, and keeps what the log needs (text, usage, whether it ended).
+pub struct StreamTranslator {
+    framing: Framing,
+    decoder: Decoder,
+    /// None: decode only (a same-format stream relayed unchanged, read for the log).
+    encoder: Option<Encoder>,
+    events: Vec<StreamEvent>,
+    pub text: String,
+    pub usage: Option<Usage>,
+    /// The provider's terminal event was seen.
+    pub ended: bool,
+    /// The provider reported an error mid-stream.
+    pub error: Option<String>,
+    started: bool,
+}
+
+const MAX_EVENT: usize = 16 << 20;
+
+impl StreamTranslator {
+    pub fn new(provider: Format, client: Format, include_usage: bool) -> Self {
+        let framing = match provider {
+            Format::Ollama => Framing::Ndjson {
+                line: Vec::new(),
+                max: MAX_EVENT,
+            },
+            _ => Framing::Sse(SseParser::new(MAX_EVENT)),
+        };
+        StreamTranslator {
+            framing,
+            decoder: Decoder::new(provider),
+            encoder: Some(Encoder::new(client, include_usage)),
+            events: Vec::new(),
+            text: String::new(),
+            usage: None,
+            ended: false,
+            error: None,
+            started: false,
+        }
+    }
+
+    /// Read a stream relayed unchanged, only for its text and usage.
+    pub fn tap(format: Format) -> Self {
+        let mut t = Self::new(format, format, false);
+        t.encoder = None;
+        t
+    }
+
+    /// Feed a piece of the provider's body; append the client's bytes to `out`.
+    pub fn feed(&mut self, piece: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        let mut failure: Option<String> = None;
+        match &mut self.framing {
+            Framing::Sse(parser) => {
+                let decoder = &mut self.decoder;
+                let r = parser.feed(piece, |ev| {
+                    if failure.is_none()
+                        && let Err(e) = decoder.feed(ev.event, ev.data, &mut events)
+                    {
+                        failure = Some(e.0);
+                    }
+                });
+                if let Err(e) = r {
+                    failure.get_or_insert_with(|| format!("{e:?}"));
+                }
+            }
+            Framing::Ndjson { line, max } => {
+                let mut rest = piece;
+                while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+                    line.extend_from_slice(&rest[..nl]);
+                    rest = &rest[nl + 1..];
+                    let l = std::mem::take(line);
+                    let trimmed = l.trim_ascii();
+                    if !trimmed.is_empty()
+                        && failure.is_none()
+                        && let Err(e) = self.decoder.feed(None, trimmed, &mut events)
+                    {
+                        failure = Some(e.0);
+                    }
+                    *line = l;
+                    line.clear();
+                }
+                line.extend_from_slice(rest);
+                if line.len() > *max {
+                    failure.get_or_insert_with(|| "NDJSON line too long".to_string());
+                }
+            }
+        }
+        for ev in &events {
+            self.observe(ev);
+            if let Some(enc) = &mut self.encoder {
+                enc.encode(ev, out);
+            }
+        }
+        self.events = events;
+        match failure {
+            Some(f) => Err(f),
+            None => Ok(()),
+        }
+    }
+
+    fn observe(&mut self, ev: &StreamEvent) {
+        match ev {
+            StreamEvent::Start { .. } => self.started = true,
+            StreamEvent::TextDelta(t) => self.text.push_str(t),
+            StreamEvent::Usage(u) => self.usage = Some(*u),
+            StreamEvent::End => self.ended = true,
+            StreamEvent::Error(e) => self.error = Some(e.message.clone()),
+            _ => {}
+        }
+    }
+
+    /// The provider's body ended: close the client's stream properly. When
+    /// the provider never sent its terminal event, the client gets its
+    /// format's error event instead of a fake clean end.
+    pub fn finish(&mut self, out: &mut Vec<u8>, failure: Option<&str>) {
+        let Some(encoder) = &mut self.encoder else {
+            return;
+        };
+        if !self.ended && self.error.is_none() {
+            let message = failure.unwrap_or("provider stream ended before its terminal event");
+            if !self.started {
+                let start = StreamEvent::Start {
+                    id: String::new(),
+                    model: String::new(),
+                    created: 0,
+                };
+                encoder.encode(&start, out);
+            }
+            let err = StreamEvent::Error(ApiError {
+                status: 502,
+                kind: "api_error".into(),
+                message: format!("upstream stream ended abnormally: {message}"),
+            });
+            encoder.encode(&err, out);
+            self.error = Some(message.to_string());
+        }
+        encoder.finish(out);
+    }
+}
+
+/// The error event that ends a same-format stream whose provider died
+/// mid-way, in the client's own format (never a fake clean end).
+pub fn write_stream_error(format: Format, message: &str, out: &mut Vec<u8>) {
+    match format {
+        Format::OpenAiChat | Format::Ollama => {
+            crate::sse::write_openai_stream_error(out, message, "upstream_disconnected")
+        }
+        Format::Anthropic => {
+            out.extend_from_slice(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":");
+            crate::json::write_json_string(out, message);
+            out.extend_from_slice(b"}}\n\n");
+        }
+        Format::Responses => {
+            out.extend_from_slice(b"event: error\ndata: {\"type\":\"error\",\"code\":\"upstream_disconnected\",\"message\":");
+            crate::json::write_json_string(out, message);
+            out.extend_from_slice(b",\"param\":null}\n\n");
+        }
+    }
+}
+
+/// Encodes canonical events in a client's format (the mock provider's streams).
+pub struct EventEncoder(Encoder);
+
+impl EventEncoder {
+    pub fn new(client: Format, include_usage: bool) -> Self {
+        EventEncoder(Encoder::new(client, include_usage))
+    }
+
+    pub fn encode(&mut self, ev: &StreamEvent, out: &mut Vec<u8>) {
+        self.0.encode(ev, out);
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.0.finish(out);
+    }
+}
