@@ -4,6 +4,8 @@
 //! The server side is plain blocking rustls on a std thread; the client side
 //! runs on a monoio runtime, as the workers do.
 
+mod common;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -177,6 +179,15 @@ fn serve_http<S: Read + Write>(tls: &mut S, requests: &mut usize) -> bool {
             big_body(MB)
         } else if head.starts_with("POST /echo ") {
             body
+        } else if head.starts_with("POST /v1/chat/completions ") {
+            let model = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["model"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            format!(
+                r#"{{"id":"c1","object":"chat.completion","created":1,"model":"{model}","choices":[{{"index":0,"message":{{"role":"assistant","content":"over tls"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":2,"completion_tokens":2,"total_tokens":4}}}}"#
+            )
+            .into_bytes()
         } else {
             b"unknown path".to_vec()
         };
@@ -418,4 +429,70 @@ fn megabyte_bodies_arrive_intact_with_small_and_large_buffers() {
     let seen = seen.recv_timeout(HANDSHAKE).unwrap().unwrap();
     assert_eq!(seen.requests, 3);
     assert!(seen.clean_close);
+}
+
+#[test]
+fn the_router_proxies_to_an_https_provider_trusting_its_ca_file() {
+    let pki = make_pki("router");
+    let (addr, seen) = tls_server(&pki);
+    let config = format!(
+        r#"
+[server]
+host = "127.0.0.1"
+port = 0
+workers = 1
+[logging]
+enabled = true
+path = "{{LOG}}"
+[[providers]]
+name = "secure"
+format = "openai"
+base_url = "https://localhost:{port}/v1"
+ca_file = "{ca}"
+[[routers]]
+type = "fallback"
+"#,
+        port = addr.port(),
+        ca = pki.ca_file.display()
+    );
+    let router = common::Router::start("tls-router", &config);
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..2 {
+        let resp = common::post(&router, "/v1/chat/completions", body, &[]);
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.json()["choices"][0]["message"]["content"], "over tls");
+        assert_eq!(resp.header("x-router-provider"), Some("secure"));
+    }
+    drop(router);
+    // Both requests went over one pooled TLS connection, with SNI and ALPN.
+    let seen = seen.recv_timeout(Duration::from_secs(20)).unwrap().unwrap();
+    assert_eq!(seen.sni.as_deref(), Some("localhost"));
+    assert_eq!(seen.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(seen.requests, 2);
+}
+
+#[test]
+fn the_router_refuses_an_https_provider_it_cannot_verify() {
+    let pki = make_pki("router-untrusted");
+    let (addr, _seen) = tls_server(&pki);
+    let config = format!(
+        "[server]\nhost = \"127.0.0.1\"\nport = 0\nworkers = 1\n[[providers]]\nname = \"secure\"\nformat = \"openai\"\nbase_url = \"https://localhost:{}/v1\"\n[[routers]]\ntype = \"fallback\"\n",
+        addr.port()
+    );
+    let router = common::Router::start("tls-untrusted", &config);
+    let resp = common::post(
+        &router,
+        "/v1/chat/completions",
+        r#"{"model":"m","messages":[]}"#,
+        &[],
+    );
+    assert_eq!(resp.status, 502);
+    let msg = resp.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("secure") && msg.contains("certificate"),
+        "{msg}"
+    );
 }

@@ -23,6 +23,7 @@ use crate::classify::{KeywordClassifier, RefusalClassifier};
 use crate::config::Config;
 use crate::observe::{CoreLog, LogSender};
 use crate::route::{Discovery, Rng};
+use crate::upstream::tls::TlsConnector;
 use crate::upstream::{Pools, Target};
 
 /// Everything workers share, built and validated once on the control thread.
@@ -35,6 +36,8 @@ pub struct Snapshot {
     /// Prebuilt body of `GET /v1/models`.
     pub models_body: Vec<u8>,
     pub log: Option<LogSender>,
+    /// One TLS connector per `https://` provider (index = provider index).
+    pub tls: Vec<Option<TlsConnector>>,
 }
 
 impl Snapshot {
@@ -102,6 +105,16 @@ impl Snapshot {
             } else {
                 None
             };
+        let mut tls = Vec::with_capacity(config.providers.len());
+        for p in &config.providers {
+            if p.scheme == crate::config::Scheme::Https && p.active() {
+                let connector = TlsConnector::new(p.ca_file.as_deref())
+                    .map_err(|e| format!("provider '{}': {e}", p.name))?;
+                tls.push(Some(connector));
+            } else {
+                tls.push(None);
+            }
+        }
         Ok((
             Snapshot {
                 config,
@@ -111,6 +124,7 @@ impl Snapshot {
                 targets,
                 models_body,
                 log,
+                tls,
             },
             warnings,
         ))
@@ -120,8 +134,8 @@ impl Snapshot {
 impl Snapshot {
     /// Whether `https://` can be spoken to provider `pidx` (a TLS connector
     /// was built for it).
-    pub fn tls_ready(&self, _pidx: usize) -> bool {
-        false
+    pub fn tls_ready(&self, pidx: usize) -> bool {
+        self.tls.get(pidx).is_some_and(Option::is_some)
     }
 }
 
@@ -129,6 +143,8 @@ impl Snapshot {
 /// across threads (`Rc`, `Cell`, `RefCell`; no locks).
 pub struct Core {
     pub snap: Arc<Snapshot>,
+    /// This core's TLS connectors (own session caches: no cross-core lock).
+    pub tls: Vec<Option<TlsConnector>>,
     /// This core's batch of pending log lines (when logging is on).
     pub log: Option<Rc<CoreLog>>,
     pub pools: Pools,
@@ -148,8 +164,14 @@ impl Core {
         let seed =
             crate::observe::now_ms() ^ ((worker as u64 + 1) << 32) ^ u64::from(std::process::id());
         let log = snap.log.clone().map(|s| Rc::new(CoreLog::new(s)));
+        let tls = snap
+            .tls
+            .iter()
+            .map(|c| c.as_ref().map(TlsConnector::for_worker))
+            .collect();
         Core {
             snap,
+            tls,
             log,
             pools,
             rng: RefCell::new(Rng::new(seed)),

@@ -739,6 +739,7 @@ async fn proxy_inner(
             None => match crate::upstream::connect(
                 target,
                 Duration::from_millis(server.connect_timeout_ms),
+                core.tls[pidx].as_ref().map(|c| (c, provider.host.as_str())),
             )
             .await
             {

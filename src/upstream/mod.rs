@@ -68,18 +68,22 @@ pub fn resolve_targets(providers: &[Provider]) -> Vec<Target> {
 /// An upstream connection: plain TCP, or TLS for `https://` providers.
 pub enum Conn {
     Plain(TcpStream),
+    /// Boxed: a rustls connection is large.
+    Tls(Box<tls::TlsStream>),
 }
 
 impl AsyncReadRent for Conn {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Conn::Plain(s) => s.read(buf).await,
+            Conn::Tls(s) => s.read(buf).await,
         }
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Conn::Plain(s) => s.readv(buf).await,
+            Conn::Tls(s) => s.readv(buf).await,
         }
     }
 }
@@ -88,24 +92,28 @@ impl AsyncWriteRent for Conn {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Conn::Plain(s) => s.write(buf).await,
+            Conn::Tls(s) => s.write(buf).await,
         }
     }
 
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Conn::Plain(s) => s.writev(buf).await,
+            Conn::Tls(s) => s.writev(buf).await,
         }
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Conn::Plain(s) => s.flush().await,
+            Conn::Tls(s) => s.flush().await,
         }
     }
 
     async fn shutdown(&mut self) -> std::io::Result<()> {
         match self {
             Conn::Plain(s) => s.shutdown().await,
+            Conn::Tls(s) => s.shutdown().await,
         }
     }
 }
@@ -166,8 +174,14 @@ impl Pools {
     }
 }
 
-/// Connect to the first address of `target` that accepts within `timeout`.
-pub async fn connect(target: &Target, timeout: Duration) -> Result<Conn, String> {
+/// Connect to the first address of `target` that accepts within `timeout`;
+/// with `tls`, run the TLS handshake (as async IO on this worker, bounded by
+/// the same timeout) for the given host name.
+pub async fn connect(
+    target: &Target,
+    timeout: Duration,
+    tls: Option<(&tls::TlsConnector, &str)>,
+) -> Result<Conn, String> {
     if let Some(e) = &target.resolve_error {
         return Err(e.clone());
     }
@@ -176,7 +190,13 @@ pub async fn connect(target: &Target, timeout: Duration) -> Result<Conn, String>
         match monoio::time::timeout(timeout, TcpStream::connect_addr(*addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                return Ok(Conn::Plain(stream));
+                return match tls {
+                    None => Ok(Conn::Plain(stream)),
+                    Some((connector, host)) => connector
+                        .connect(stream, host, timeout)
+                        .await
+                        .map(|t| Conn::Tls(Box::new(t))),
+                };
             }
             Ok(Err(e)) => last = format!("{addr}: {e}"),
             Err(_) => last = format!("{addr}: connect timed out after {} ms", timeout.as_millis()),

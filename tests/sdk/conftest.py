@@ -479,6 +479,13 @@ base_url = {_toml_str(mu.root + "/v1")}
 api_key_env = "OSR_TEST_OPENAI_KEY"
 
 [[providers]]
+name = "upr"
+format = "openai"
+base_url = {_toml_str(mu.root + "/v1")}
+api_key_env = "OSR_TEST_OPENAI_KEY"
+responses = true
+
+[[providers]]
 name = "anth"
 format = "anthropic"
 base_url = {_toml_str(mu.root)}
@@ -522,6 +529,11 @@ provider = "up"
 
 [[routers]]
 type = "prefix"
+model_prefix = "gptr-"
+provider = "upr"
+
+[[routers]]
+type = "prefix"
 model_prefix = "llama"
 provider = "oll"
 
@@ -544,7 +556,7 @@ def multi_upstream() -> MultiUpstream:
 
 @pytest.fixture(scope="session")
 def xrouter(multi_upstream: MultiUpstream, tmp_path_factory: pytest.TempPathFactory) -> RouterProc:
-    """The router in front of every provider format (providers up, anth, anthv1, oll, mock)."""
+    """The router in front of every provider format (providers up, upr, anth, anthv1, oll, mock)."""
     dir_ = tmp_path_factory.mktemp("xrouter")
     r = start_router(
         dir_,

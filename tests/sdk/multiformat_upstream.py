@@ -5,6 +5,8 @@ One threaded HTTP/1.1 server on 127.0.0.1:0 answers, by path:
 * ``POST /v1/chat/completions``       OpenAI chat completions (plain JSON and SSE ``data:`` frames)
 * ``POST /v1/messages``                Anthropic Messages (plain JSON and SSE with ``event:`` lines)
 * ``POST /v1/messages/count_tokens``   Anthropic token count -> ``{"input_tokens": 42}``
+* ``POST /v1/responses``               OpenAI Responses (plain JSON and SSE), for a provider marked
+                                       ``responses = true``
 * ``POST /api/chat``                   Ollama native chat (NDJSON stream by default, JSON with
                                        ``"stream": false``)
 * ``GET  /api/tags``, ``POST /api/show``, ``GET /``   Ollama discovery endpoints
@@ -16,6 +18,7 @@ Every request is recorded (method, path, headers, body bytes). Behaviour is chos
 * a tool result in the conversation -> the text ``tool said: <result>``;
 * a structured-output request (OpenAI ``response_format`` json_schema, Anthropic
   ``output_config.format``, Ollama ``format`` object) -> the JSON text of ``STRUCT_ANSWER``;
+* a model containing ``think`` -> reasoning text before the answer;
 * a model containing ``err-NNN`` -> status NNN with that format's error body;
 * a model containing ``midfail`` -> the stream starts, then the format's own error event;
   ``middrop`` -> the stream starts, then the connection is closed without the stream's end.
@@ -66,6 +69,15 @@ STRUCT_SCHEMA = {
 }
 
 COUNT_TOKENS = 42
+
+# Reasoning: a model whose name contains "think" answers with reasoning text first (OpenAI-compatible
+# `reasoning_content` as vLLM/DeepSeek send it, an Anthropic thinking block, Ollama `thinking`).
+THINK_TEXT = "Let me think about that."
+THINK_SIGNATURE = "sig_mock_opaque"
+
+# A Responses-capable OpenAI provider (`responses = true`) answers /v1/responses itself.
+RESPONSES_TEXT = "hello from the openai responses upstream"
+RESPONSES_USAGE = (19, 3)
 
 ANTH_ERROR_MESSAGES = {
     429: "Number of request tokens has exceeded your per-minute rate limit (mock upstream)",
@@ -534,6 +546,8 @@ def make_handler(state: MultiUpstream) -> type[BaseHTTPRequestHandler]:
                     self._openai(body)
                 elif path == "/v1/messages":
                     self._anthropic(body)
+                elif path == "/v1/responses":
+                    self._responses(body)
                 elif path == "/v1/messages/count_tokens":
                     self._anthropic_count(body)
                 elif path == "/api/chat":
@@ -596,6 +610,8 @@ def make_handler(state: MultiUpstream) -> type[BaseHTTPRequestHandler]:
                 self._openai_stream(model, body, text, call)
                 return
             message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            if "think" in model:
+                message["reasoning_content"] = THINK_TEXT
             if call:
                 message["tool_calls"] = [
                     {"id": OPENAI_CALL_ID, "type": "function", "function": {"name": call, "arguments": TOOL_ARGS_TEXT}}
@@ -647,6 +663,9 @@ def make_handler(state: MultiUpstream) -> type[BaseHTTPRequestHandler]:
                 finish = "tool_calls"
             else:
                 self._chunk(chunk({"role": "assistant", "content": ""}, None))
+                if "think" in model:
+                    for piece in pieces(THINK_TEXT, TEXT_PIECES):
+                        self._chunk(chunk({"reasoning_content": piece}, None))
                 for i, piece in enumerate(pieces(text or "", TEXT_PIECES)):
                     self._chunk(chunk({"content": piece}, None))
                     if i == 1 and "midfail" in model:
@@ -733,6 +752,8 @@ def make_handler(state: MultiUpstream) -> type[BaseHTTPRequestHandler]:
             else:
                 blocks = [{"type": "text", "text": ANTH_TEXT}]
                 stop = "end_turn"
+            if "think" in model:
+                blocks = [{"type": "thinking", "thinking": THINK_TEXT, "signature": THINK_SIGNATURE}, *blocks]
             inp, out = ANTH_USAGE
             if body.get("stream"):
                 self._anthropic_stream(model, blocks, stop)
@@ -784,6 +805,14 @@ def make_handler(state: MultiUpstream) -> type[BaseHTTPRequestHandler]:
                             return
                         if i == 1 and "middrop" in model:
                             self._drop()
+                elif b["type"] == "thinking":
+                    ev({"type": "content_block_start", "index": idx,
+                        "content_block": {"type": "thinking", "thinking": "", "signature": ""}})  # fmt: skip
+                    for piece in pieces(b["thinking"], TEXT_PIECES):
+                        ev({"type": "content_block_delta", "index": idx,
+                            "delta": {"type": "thinking_delta", "thinking": piece}})  # fmt: skip
+                    ev({"type": "content_block_delta", "index": idx,
+                        "delta": {"type": "signature_delta", "signature": b["signature"]}})  # fmt: skip
                 else:
                     ev({"type": "content_block_start", "index": idx,
                         "content_block": {"type": "tool_use", "id": b["id"], "name": b["name"], "input": {}}})  # fmt: skip
@@ -794,6 +823,75 @@ def make_handler(state: MultiUpstream) -> type[BaseHTTPRequestHandler]:
             ev({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
                 "usage": {"output_tokens": out}})  # fmt: skip
             ev({"type": "message_stop"})
+            self._end_stream()
+
+        # -- OpenAI Responses (a provider with `responses = true`) ----------------------
+        def _responses(self, body: Any) -> None:
+            hdrs = {k.lower(): v for k, v in self.headers.items()}
+            if hdrs.get("authorization") != f"Bearer {OPENAI_KEY}":
+                self._json(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                           "param": None, "code": "invalid_api_key"}})  # fmt: skip
+                return
+            if not isinstance(body, dict) or not isinstance(body.get("model"), str) or "input" not in body:
+                self._json(400, {"error": {"message": "model and input are required", "type": "invalid_request_error",
+                                           "param": None, "code": None}})  # fmt: skip
+                return
+            model = body["model"]
+            m = re.search(r"err-(\d{3})", model)
+            if m:
+                status = int(m.group(1))
+                self._json(
+                    status,
+                    {"error": {"message": openai_error_message(status), "type": OPENAI_ERROR_TYPES.get(status, "api_error"),
+                               "param": None, "code": None}},
+                )  # fmt: skip
+                return
+            inp, out = RESPONSES_USAGE
+            item_done = {
+                "type": "message", "id": "msg_resp_mock", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": RESPONSES_TEXT, "annotations": [], "logprobs": []}],
+            }  # fmt: skip
+
+            def response(status: str, output: list[Any], usage: Any) -> dict[str, Any]:
+                return {
+                    "id": "resp_mock_1", "object": "response", "created_at": 1700000000, "status": status,
+                    "error": None, "incomplete_details": None, "instructions": body.get("instructions"),
+                    "max_output_tokens": body.get("max_output_tokens"), "model": model, "output": output,
+                    "parallel_tool_calls": True, "previous_response_id": None, "store": False,
+                    "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_p": 1.0, "truncation": "disabled",
+                    "usage": usage, "metadata": {},
+                }  # fmt: skip
+
+            usage = {"input_tokens": inp, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": out,
+                     "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": inp + out}  # fmt: skip
+            if not body.get("stream"):
+                self._json(200, response("completed", [item_done], usage))
+                return
+            self._start_stream("text/event-stream; charset=utf-8")
+            seq = 0
+
+            def ev(obj: dict[str, Any]) -> None:
+                nonlocal seq
+                obj = {"type": obj["type"], "sequence_number": seq, **{k: v for k, v in obj.items() if k != "type"}}
+                seq += 1
+                self._chunk(f"event: {obj['type']}\ndata: {json.dumps(obj)}\n\n".encode())
+
+            item_open = {**item_done, "status": "in_progress", "content": []}
+            part0 = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            ev({"type": "response.created", "response": response("in_progress", [], None)})
+            ev({"type": "response.in_progress", "response": response("in_progress", [], None)})
+            ev({"type": "response.output_item.added", "output_index": 0, "item": item_open})
+            ev({"type": "response.content_part.added", "item_id": "msg_resp_mock", "output_index": 0,
+                "content_index": 0, "part": part0})  # fmt: skip
+            for piece in pieces(RESPONSES_TEXT, TEXT_PIECES):
+                ev({"type": "response.output_text.delta", "item_id": "msg_resp_mock", "output_index": 0,
+                    "content_index": 0, "delta": piece, "logprobs": []})  # fmt: skip
+            ev({"type": "response.output_text.done", "item_id": "msg_resp_mock", "output_index": 0,
+                "content_index": 0, "text": RESPONSES_TEXT, "logprobs": []})  # fmt: skip
+            ev({"type": "response.content_part.done", "item_id": "msg_resp_mock", "output_index": 0,
+                "content_index": 0, "part": item_done["content"][0]})  # fmt: skip
+            ev({"type": "response.output_item.done", "output_index": 0, "item": item_done})
+            ev({"type": "response.completed", "response": response("completed", [item_done], usage)})
             self._end_stream()
 
         # -- Ollama -----------------------------------------------------------------
@@ -837,6 +935,8 @@ def make_handler(state: MultiUpstream) -> type[BaseHTTPRequestHandler]:
                 "eval_duration": 3456789,
             }
             message: dict[str, Any] = {"role": "assistant", "content": text}
+            if "think" in model:
+                message["thinking"] = THINK_TEXT
             if call:
                 message["tool_calls"] = [{"function": {"name": call, "arguments": TOOL_ARGS}}]
             if not stream:
@@ -850,8 +950,11 @@ def make_handler(state: MultiUpstream) -> type[BaseHTTPRequestHandler]:
             def part(msg: dict[str, Any]) -> dict[str, Any]:
                 return {"model": model, "created_at": "2026-11-21T00:00:00.500000Z", "message": msg, "done": False}
 
+            if "think" in model:
+                for piece in pieces(THINK_TEXT, TEXT_PIECES):
+                    line(part({"role": "assistant", "content": "", "thinking": piece}))
             if call:
-                line(part(message))
+                line(part({k: v for k, v in message.items() if k != "thinking"}))
             else:
                 for i, piece in enumerate(pieces(text, TEXT_PIECES)):
                     line(part({"role": "assistant", "content": piece}))
