@@ -343,3 +343,321 @@ impl EventEncoder {
         self.0.finish(out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Table-driven: every (client format × provider format) pair, for
+    //! requests, replies and streams, through the canonical model.
+    use super::*;
+    use crate::formats::{Message, Role, Tool};
+
+    const CLIENTS: [Format; 3] = [Format::OpenAiChat, Format::Anthropic, Format::Responses];
+    const PROVIDERS: [Format; 3] = [Format::OpenAiChat, Format::Anthropic, Format::Ollama];
+
+    fn request() -> ChatRequest {
+        ChatRequest {
+            model: "m".into(),
+            system: Some("Be brief.".into()),
+            messages: vec![
+                Message {
+                    role: Role::User,
+                    parts: vec![Part::Text("Weather in Paris?".into())],
+                },
+                Message {
+                    role: Role::Assistant,
+                    parts: vec![Part::ToolCall {
+                        id: "call_1".into(),
+                        name: "get_weather".into(),
+                        arguments: r#"{"city":"Paris"}"#.into(),
+                    }],
+                },
+                Message {
+                    role: Role::Tool,
+                    parts: vec![Part::ToolResult {
+                        call_id: "call_1".into(),
+                        content: "18C".into(),
+                        is_error: false,
+                    }],
+                },
+            ],
+            tools: vec![Tool {
+                name: "get_weather".into(),
+                description: Some("Weather by city".into()),
+                parameters: serde_json::json!({"type":"object","properties":{"city":{"type":"string"}}}),
+            }],
+            max_tokens: Some(100),
+            stream: true,
+            ..Default::default()
+        }
+    }
+
+    /// What survives every route: system, texts, the tool, the call and its result.
+    fn essentials(
+        r: &ChatRequest,
+    ) -> (
+        Option<String>,
+        Vec<String>,
+        Vec<String>,
+        Vec<(String, String)>,
+        Vec<String>,
+    ) {
+        let mut texts = Vec::new();
+        let mut calls = Vec::new();
+        let mut results = Vec::new();
+        for m in &r.messages {
+            for p in &m.parts {
+                match p {
+                    Part::Text(t) => texts.push(t.clone()),
+                    Part::ToolCall {
+                        name, arguments, ..
+                    } => {
+                        let args: serde_json::Value = serde_json::from_str(arguments).unwrap();
+                        calls.push((name.clone(), args.to_string()));
+                    }
+                    Part::ToolResult { content, .. } => results.push(content.clone()),
+                    _ => {}
+                }
+            }
+        }
+        (
+            r.system.clone(),
+            texts,
+            r.tools.iter().map(|t| t.name.clone()).collect(),
+            calls,
+            results,
+        )
+    }
+
+    #[test]
+    fn requests_cross_every_pair() {
+        for client in CLIENTS {
+            let mut client_body = Vec::new();
+            write_request(client, &request(), &mut client_body).unwrap();
+            let parsed = parse_request(client, &client_body).unwrap();
+            for provider in PROVIDERS {
+                let mut out = Vec::new();
+                write_request(provider, &parsed, &mut out).unwrap();
+                let back = parse_request(provider, &out).unwrap_or_else(|e| {
+                    panic!(
+                        "{client:?}->{provider:?}: {e}: {}",
+                        String::from_utf8_lossy(&out)
+                    )
+                });
+                assert_eq!(
+                    essentials(&back),
+                    essentials(&request()),
+                    "{client:?} -> {provider:?}"
+                );
+                assert!(back.stream, "{client:?} -> {provider:?}: stream kept");
+            }
+        }
+    }
+
+    fn reply() -> ChatResponse {
+        ChatResponse {
+            id: "r1".into(),
+            model: "m".into(),
+            parts: vec![
+                Part::Text("Let me check.".into()),
+                Part::ToolCall {
+                    id: "call_9".into(),
+                    name: "get_weather".into(),
+                    arguments: r#"{"city":"Paris"}"#.into(),
+                },
+            ],
+            finish: crate::formats::FinishReason::ToolCalls,
+            usage: Some(Usage {
+                input_tokens: 12,
+                output_tokens: 7,
+            }),
+            created: 1,
+        }
+    }
+
+    #[test]
+    fn replies_cross_every_pair() {
+        for provider in PROVIDERS {
+            let mut provider_body = Vec::new();
+            write_response(provider, &reply(), &mut provider_body);
+            let canonical = parse_response(provider, &provider_body).unwrap();
+            for client in CLIENTS {
+                let mut out = Vec::new();
+                write_response(client, &canonical, &mut out);
+                let back = parse_response(client, &out).unwrap();
+                assert_eq!(
+                    response_text(&back),
+                    "Let me check.",
+                    "{provider:?} -> {client:?}"
+                );
+                assert_eq!(
+                    back.usage,
+                    Some(Usage {
+                        input_tokens: 12,
+                        output_tokens: 7
+                    }),
+                    "{provider:?} -> {client:?}"
+                );
+                assert_eq!(
+                    back.finish,
+                    crate::formats::FinishReason::ToolCalls,
+                    "{provider:?} -> {client:?}"
+                );
+                let call = back.parts.iter().find_map(|p| match p {
+                    Part::ToolCall {
+                        name, arguments, ..
+                    } => Some((name.clone(), arguments.clone())),
+                    _ => None,
+                });
+                let (name, args) =
+                    call.unwrap_or_else(|| panic!("{provider:?} -> {client:?}: tool call lost"));
+                assert_eq!(name, "get_weather");
+                assert_eq!(
+                    serde_json::from_str::<serde_json::Value>(&args).unwrap()["city"],
+                    "Paris"
+                );
+            }
+        }
+    }
+
+    fn events() -> Vec<StreamEvent> {
+        vec![
+            StreamEvent::Start {
+                id: "s1".into(),
+                model: "m".into(),
+                created: 1,
+            },
+            StreamEvent::TextDelta("Hel".into()),
+            StreamEvent::TextDelta("lo".into()),
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "call_2".into(),
+                name: "get_weather".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: r#"{"ci"#.into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: r#"ty":"Paris"}"#.into(),
+            },
+            StreamEvent::Finish(crate::formats::FinishReason::ToolCalls),
+            StreamEvent::Usage(Usage {
+                input_tokens: 5,
+                output_tokens: 9,
+            }),
+            StreamEvent::End,
+        ]
+    }
+
+    /// A provider's stream bytes for `events`, in its own format.
+    fn provider_stream(provider: Format) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = Encoder::new(provider, true);
+        for ev in events() {
+            enc.encode(&ev, &mut out);
+        }
+        enc.finish(&mut out);
+        out
+    }
+
+    /// Decode a client's stream back into text, the tool call and usage.
+    fn summarize(
+        client: Format,
+        bytes: &[u8],
+    ) -> (String, Option<(String, String)>, Option<Usage>, bool) {
+        let mut t = StreamTranslator::tap(client);
+        let mut sink = Vec::new();
+        t.feed(bytes, &mut sink).unwrap();
+        // The tool call, from a second decode that keeps every event.
+        let mut evs = Vec::new();
+        let mut dec = Decoder::new(client);
+        let mut parser = SseParser::new(MAX_EVENT);
+        parser
+            .feed(bytes, |e| dec.feed(e.event, e.data, &mut evs).unwrap())
+            .unwrap();
+        let mut call: Option<(String, String)> = None;
+        for e in &evs {
+            match e {
+                StreamEvent::ToolCallStart { name, .. } => {
+                    call = Some((name.clone(), String::new()))
+                }
+                StreamEvent::ToolCallDelta { arguments, .. } => {
+                    if let Some(c) = call.as_mut() {
+                        c.1.push_str(arguments);
+                    }
+                }
+                _ => {}
+            }
+        }
+        (t.text.clone(), call, t.usage, t.ended)
+    }
+
+    #[test]
+    fn streams_cross_every_pair_and_survive_any_split() {
+        for provider in PROVIDERS {
+            let input = provider_stream(provider);
+            for client in CLIENTS {
+                let mut whole = Vec::new();
+                let mut t = StreamTranslator::new(provider, client, true);
+                t.feed(&input, &mut whole).unwrap();
+                t.finish(&mut whole, None);
+                assert!(t.ended && t.error.is_none(), "{provider:?} -> {client:?}");
+                // Byte by byte: the same client bytes.
+                let mut split = Vec::new();
+                let mut t = StreamTranslator::new(provider, client, true);
+                for b in &input {
+                    t.feed(std::slice::from_ref(b), &mut split).unwrap();
+                }
+                t.finish(&mut split, None);
+                assert_eq!(
+                    String::from_utf8_lossy(&split),
+                    String::from_utf8_lossy(&whole),
+                    "{provider:?} -> {client:?}: a split changed the output"
+                );
+                let (text, call, usage, ended) = summarize(client, &whole);
+                assert_eq!(text, "Hello", "{provider:?} -> {client:?}");
+                let (name, args) =
+                    call.unwrap_or_else(|| panic!("{provider:?} -> {client:?}: no tool call"));
+                assert_eq!(name, "get_weather");
+                assert_eq!(
+                    serde_json::from_str::<serde_json::Value>(&args).unwrap()["city"],
+                    "Paris",
+                    "{provider:?} -> {client:?}"
+                );
+                assert_eq!(
+                    usage.map(|u| u.output_tokens),
+                    Some(9),
+                    "{provider:?} -> {client:?}"
+                );
+                assert!(ended, "{provider:?} -> {client:?}: terminal event");
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_short_ends_with_the_clients_error_event() {
+        for provider in PROVIDERS {
+            let input = provider_stream(provider);
+            let cut = &input[..input.len() / 2];
+            for client in CLIENTS {
+                let mut out = Vec::new();
+                let mut t = StreamTranslator::new(provider, client, true);
+                let _ = t.feed(cut, &mut out);
+                t.finish(&mut out, Some("connection reset"));
+                let text = String::from_utf8_lossy(&out);
+                assert!(
+                    !text.contains("[DONE]")
+                        && !text.contains("message_stop")
+                        && !text.contains("response.completed"),
+                    "{provider:?} -> {client:?}: no fake clean end:\n{text}"
+                );
+                let last = text.trim_end().rsplit("\n\n").next().unwrap_or("");
+                assert!(
+                    last.contains("error") || last.contains("failed"),
+                    "{provider:?} -> {client:?}: {last}"
+                );
+            }
+        }
+    }
+}
