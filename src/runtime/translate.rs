@@ -391,16 +391,17 @@ mod tests {
         }
     }
 
-    /// What survives every route: system, texts, the tool, the call and its result.
-    fn essentials(
-        r: &ChatRequest,
-    ) -> (
+    /// System, texts, tool names, (call name, arguments), results.
+    type Essentials = (
         Option<String>,
         Vec<String>,
         Vec<String>,
         Vec<(String, String)>,
         Vec<String>,
-    ) {
+    );
+
+    /// What survives every route: system, texts, the tool, the call and its result.
+    fn essentials(r: &ChatRequest) -> Essentials {
         let mut texts = Vec::new();
         let mut calls = Vec::new();
         let mut results = Vec::new();
