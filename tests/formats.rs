@@ -406,3 +406,30 @@ fn mock_answers_in_every_client_format() {
     let events = sse_events(&s.text());
     assert_eq!(events.last().unwrap().1["type"], "response.completed");
 }
+
+#[test]
+fn content_the_canonical_model_cannot_carry_still_passes_through_same_format() {
+    let up = Upstream::start();
+    up.push(json_reply(200, ANTHROPIC_REPLY));
+    let router = start("document", &up);
+    let body = r#"{"model":"claude-x","max_tokens":64,"messages":[{"role":"user","content":[{"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0="}},{"type":"text","text":"summarize"}]}]}"#;
+    let resp = post(&router, "/v1/messages", body, &[]);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(up.requests()[0].body, body.as_bytes());
+    // The same content cannot be translated for an OpenAI provider: a clear 400, nothing sent.
+    let resp = post(
+        &router,
+        "/v1/messages",
+        &body.replace("claude-x", "gpt-x"),
+        &[],
+    );
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.json()["type"], "error");
+    assert!(
+        resp.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'oa'")
+    );
+    assert_eq!(up.requests().len(), 1);
+}

@@ -14,7 +14,7 @@ use monoio::net::TcpStream;
 
 use super::Core;
 use super::pipeline::{self, Ctx};
-use super::watch::{ClientWatch, read_append};
+use super::watch::read_append;
 use crate::error::{ApiFamily, RouterError};
 use crate::formats::Format;
 use crate::http::{
@@ -28,7 +28,6 @@ const IDLE_BUF: usize = 8 * 1024;
 /// One client connection's socket and reusable buffers.
 pub struct ClientConn {
     pub stream: TcpStream,
-    watch: Option<ClientWatch>,
     /// Bytes to write to the client (head, body, chunks), reused.
     pub out: Vec<u8>,
     /// The upstream request being built, reused.
@@ -54,18 +53,6 @@ impl ClientConn {
         buf.clear();
         self.out = buf;
         r.map(|_| ())
-    }
-
-    /// Take the disconnect watch, created on first use (one `dup` per
-    /// connection); give it back with [`ClientConn::put_watch`].
-    pub fn take_watch(&mut self) -> Option<ClientWatch> {
-        self.watch
-            .take()
-            .or_else(|| ClientWatch::new(&self.stream).ok())
-    }
-
-    pub fn put_watch(&mut self, watch: Option<ClientWatch>) {
-        self.watch = watch;
     }
 }
 
@@ -106,7 +93,6 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
     let header_timeout = Duration::from_millis(server.header_timeout_ms);
     let mut conn = ClientConn {
         stream,
-        watch: None,
         out: Vec::with_capacity(4096),
         up_req: Vec::new(),
         up_resp: Vec::new(),

@@ -24,7 +24,9 @@ use super::{Core, Snapshot};
 use crate::classify::TagSet;
 use crate::config::{ProviderFormat, Scheme};
 use crate::error::RouterError;
-use crate::formats::{ChatRequest, ChatResponse, FinishReason, Format, Part, StreamEvent, Usage};
+use crate::formats::{
+    ChatRequest, ChatResponse, FinishReason, Format, FormatError, Part, StreamEvent, Usage,
+};
 use crate::http::{self, ChunkedDecoder, ResponseFraming, ResponseHead};
 use crate::json::{self, ChatRequestInfo};
 use crate::route::{self, RouteInput};
@@ -286,6 +288,10 @@ struct Parsed {
     chat: Option<ChatRequestInfo>,
     /// Other clients: the canonical request.
     canonical: Option<ChatRequest>,
+    /// Texts found by [`light_parse`] when there is no canonical request.
+    light_texts: Vec<String>,
+    /// Why the canonical parse failed (then only same-format routes work).
+    canonical_error: Option<String>,
 }
 
 fn parse_client(client: Format, body: &[u8], scratch: &mut Vec<u8>) -> Result<Parsed, RouterError> {
@@ -304,11 +310,19 @@ fn parse_client(client: Format, body: &[u8], scratch: &mut Vec<u8>) -> Result<Pa
             top: info.top.clone(),
             chat: Some(info),
             canonical: None,
+            light_texts: Vec::new(),
+            canonical_error: None,
         });
     }
     let top = json::scan_top_level(body).map_err(|e| RouterError::bad_request(e.0))?;
-    let canonical =
-        translate::parse_request(client, body).map_err(|e| RouterError::bad_request(e.0))?;
+    let canonical = match translate::parse_request(client, body) {
+        Ok(c) => c,
+        // Content the canonical model cannot carry (documents, file ids, …)
+        // may still go through a same-format route untouched: read what
+        // routing needs from the JSON directly, and refuse only if the
+        // route turns out to need a translation.
+        Err(e) => return light_parse(client, body, top, e),
+    };
     let mut plugin_ids = Vec::new();
     if let Some(m) = top.get("plugins") {
         let v: serde_json::Value = serde_json::from_slice(&body[m.value.clone()])
@@ -344,6 +358,84 @@ fn parse_client(client: Format, body: &[u8], scratch: &mut Vec<u8>) -> Result<Pa
         top,
         chat: None,
         canonical: Some(canonical),
+        light_texts: Vec::new(),
+        canonical_error: None,
+    })
+}
+
+/// Routing fields read straight from the JSON, for requests the canonical
+/// model cannot carry (allowed on same-format routes only).
+fn light_parse(
+    client: Format,
+    body: &[u8],
+    top: json::TopLevel,
+    why: FormatError,
+) -> Result<Parsed, RouterError> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| RouterError::bad_request(format!("request body is not valid JSON: {e}")))?;
+    let model = v
+        .get("model")
+        .and_then(|m| m.as_str())
+        .ok_or_else(|| RouterError::bad_request(why.0.clone()))?
+        .to_string();
+    fn walk(v: &serde_json::Value, texts: &mut Vec<String>, images: &mut bool) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some("image" | "input_image" | "image_url") =
+                    map.get("type").and_then(|t| t.as_str())
+                {
+                    *images = true;
+                }
+                for (k, val) in map {
+                    match (k.as_str(), val) {
+                        ("text" | "content", serde_json::Value::String(s)) => texts.push(s.clone()),
+                        (_, other) => walk(other, texts, images),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, texts, images)),
+            serde_json::Value::String(s) => texts.push(s.clone()),
+            _ => {}
+        }
+    }
+    let mut texts = Vec::new();
+    let mut has_images = false;
+    let conversation = if client == Format::Responses {
+        "input"
+    } else {
+        "messages"
+    };
+    for key in ["system", "instructions", conversation] {
+        if let Some(x) = v.get(key) {
+            walk(x, &mut texts, &mut has_images);
+        }
+    }
+    let plugin_ids = v
+        .get("plugins")
+        .and_then(|p| p.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i.get("id")?.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Parsed {
+        model,
+        stream: v.get("stream").and_then(|s| s.as_bool()).unwrap_or(false),
+        include_usage: false,
+        plugin_ids,
+        system: None,
+        messages: top.get(conversation).map(|m| m.value.clone()),
+        has_images,
+        has_tools: v
+            .get("tools")
+            .and_then(|t| t.as_array())
+            .is_some_and(|a| !a.is_empty()),
+        top,
+        chat: None,
+        canonical: None,
+        light_texts: texts,
+        canonical_error: Some(why.0),
     })
 }
 
@@ -357,6 +449,9 @@ fn classify(core: &Core, parsed: &Parsed, tags: &mut TagSet) {
             c.scan(text.as_bytes(), tags);
         }
         return;
+    }
+    for t in &parsed.light_texts {
+        c.scan(t.as_bytes(), tags);
     }
     if let Some(req) = &parsed.canonical {
         if let Some(s) = &req.system {
@@ -502,6 +597,15 @@ pub async fn handle(
             &mut up_req,
         );
     } else {
+        if let Some(why) = &parsed.canonical_error {
+            conn.up_req = up_req;
+            let err = RouterError::bad_request(format!(
+                "cannot send this request to provider '{}' ({} format): {why}",
+                provider.name,
+                provider.format.as_str()
+            ));
+            return finish_error(core, conn, req, &mut ctx, family, err).await;
+        }
         let mut canonical = match parsed.canonical {
             Some(c) => c,
             None => match translate::parse_request(client, req.body) {
@@ -660,21 +764,9 @@ async fn proxy(
     plan: &Plan,
     up_req: Vec<u8>,
 ) -> Next {
-    let watch = conn.take_watch();
     let mut resp = std::mem::take(&mut conn.up_resp);
     resp.clear();
-    let (next, up_req, resp) = proxy_inner(
-        core,
-        conn,
-        req,
-        &mut ctx,
-        plan,
-        up_req,
-        resp,
-        watch.as_ref(),
-    )
-    .await;
-    conn.put_watch(watch);
+    let (next, up_req, resp) = proxy_inner(core, conn, req, &mut ctx, plan, up_req, resp).await;
     conn.up_req = up_req;
     conn.up_resp = resp;
     ctx.finish(core, req.body);
@@ -690,7 +782,6 @@ async fn proxy_inner(
     plan: &Plan,
     mut up_req: Vec<u8>,
     mut resp: Vec<u8>,
-    watch: Option<&watch::ClientWatch>,
 ) -> (Next, Vec<u8>, Vec<u8>) {
     let pidx = plan.pidx;
     let snap = &core.snap;
@@ -703,7 +794,7 @@ async fn proxy_inner(
             .first_byte_timeout_ms
             .unwrap_or(server.first_byte_timeout_ms),
     );
-    let mut armed = watch::arm(watch);
+    let mut armed = watch::arm();
 
     macro_rules! fail {
         ($err:expr) => {{
@@ -770,7 +861,7 @@ async fn proxy_inner(
         }
         resp.clear();
         loop {
-            match armed.read(&mut up, resp, timeout).await {
+            match armed.read(&conn.stream, &mut up, resp, timeout).await {
                 Wait::Done((r, b)) => {
                     resp = b;
                     let eof = matches!(r, Ok(0));
@@ -889,7 +980,16 @@ async fn proxy_inner(
     // Buffered reply: read it whole (usage and response tags go in the head).
     let mut body = std::mem::take(&mut conn.up_body);
     body.clear();
-    let read = read_whole_body(&mut armed, &mut up, &mut resp, &mut body, &head, timeout).await;
+    let read = read_whole_body(
+        &mut armed,
+        &conn.stream,
+        &mut up,
+        &mut resp,
+        &mut body,
+        &head,
+        timeout,
+    )
+    .await;
     let (body_range, in_body_buf, reusable) = match read {
         Ok(r) => r,
         Err(end) => {
@@ -907,7 +1007,6 @@ async fn proxy_inner(
             }
         }
     };
-    drop(armed);
     let t_done = Instant::now();
     if reusable {
         core.pools.give(pidx, up);
@@ -954,7 +1053,10 @@ async fn proxy_inner(
             let mut translated = Vec::with_capacity(body_bytes.len() + 256);
             if ok {
                 match translate::parse_response(plan.upstream, body_bytes) {
-                    Ok(r) => {
+                    Ok(mut r) => {
+                        if r.created == 0 {
+                            r.created = ctx.ts_ms / 1000;
+                        }
                         ctx.input_tokens = r.usage.map(|u| u.input_tokens);
                         ctx.output_tokens = r.usage.map(|u| u.output_tokens);
                         post_response(core, ctx, translate::response_text(&r));
@@ -1006,12 +1108,13 @@ enum BodyEnd {
 
 /// Read more upstream bytes into `resp`; `Ok(false)` on EOF.
 async fn read_more(
-    armed: &mut watch::Armed<'_>,
+    armed: &mut watch::Armed,
+    client: &monoio::net::TcpStream,
     up: &mut Conn,
     resp: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<bool, BodyEnd> {
-    match armed.read(up, std::mem::take(resp), timeout).await {
+    match armed.read(client, up, std::mem::take(resp), timeout).await {
         Wait::Done((r, b)) => {
             *resp = b;
             match r {
@@ -1028,7 +1131,8 @@ async fn read_more(
 /// (`resp[range]`, or `body[range]` when it had to be de-chunked) and
 /// whether the connection may be pooled afterwards.
 async fn read_whole_body(
-    armed: &mut watch::Armed<'_>,
+    armed: &mut watch::Armed,
+    client: &monoio::net::TcpStream,
     up: &mut Conn,
     resp: &mut Vec<u8>,
     body: &mut Vec<u8>,
@@ -1045,7 +1149,7 @@ async fn read_whole_body(
             }
             let need = head.head_len + n as usize;
             while resp.len() < need {
-                if !read_more(armed, up, resp, timeout).await? {
+                if !read_more(armed, client, up, resp, timeout).await? {
                     return Err(BodyEnd::Bad(TRUNCATED.into()));
                 }
             }
@@ -1078,13 +1182,13 @@ async fn read_whole_body(
                 // Decoded bytes are no longer needed: keep the head and the undecoded tail.
                 resp.drain(head.head_len..pos);
                 pos = head.head_len;
-                if !read_more(armed, up, resp, timeout).await? {
+                if !read_more(armed, client, up, resp, timeout).await? {
                     return Err(BodyEnd::Bad(TRUNCATED.into()));
                 }
             }
         }
         ResponseFraming::UntilClose => {
-            while read_more(armed, up, resp, timeout).await? {
+            while read_more(armed, client, up, resp, timeout).await? {
                 if resp.len() - head.head_len > MAX_UPSTREAM_BODY {
                     return Err(BodyEnd::Bad(TOO_LARGE.into()));
                 }
@@ -1217,7 +1321,7 @@ async fn relay_stream(
     up: &mut Conn,
     resp: &mut Vec<u8>,
     head: &ResponseHead,
-    armed: &mut watch::Armed<'_>,
+    armed: &mut watch::Armed,
     timeout: Duration,
     t_sent: Instant,
     t_head: Instant,
@@ -1344,7 +1448,7 @@ async fn relay_stream(
         resp.drain(..pos);
         pos = 0;
         let buf = std::mem::take(resp);
-        match armed.read(up, buf, timeout).await {
+        match armed.read(&conn.stream, up, buf, timeout).await {
             Wait::Done((Ok(k), b)) if k > 0 => *resp = b,
             Wait::Done((r, b)) => {
                 *resp = b;

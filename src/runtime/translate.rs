@@ -254,6 +254,14 @@ impl StreamTranslator {
                 }
             }
         }
+        for ev in events.iter_mut() {
+            // Formats without a timestamp (Anthropic) leave it 0: use the clock.
+            if let StreamEvent::Start { created, .. } = ev
+                && *created == 0
+            {
+                *created = crate::observe::now_ms() / 1000;
+            }
+        }
         for ev in &events {
             self.observe(ev);
             if let Some(enc) = &mut self.encoder {

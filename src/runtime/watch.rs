@@ -1,16 +1,14 @@
 //! Client-gone detection while the router waits on an upstream.
 //!
-//! A read stays posted on the client socket while a request is upstream (a
-//! poll for readability on a `dup` of the client's fd, so writes to the
-//! client are not blocked by the borrow). When it fires, a non-blocking
+//! A readability poll stays posted on the client socket while the router
+//! waits for the upstream (re-posted with each upstream read, so it never
+//! overlaps a write to the client). When it fires, a non-blocking
 //! `MSG_PEEK` tells EOF/reset (the client is gone: close the upstream, which
 //! stops generation on vLLM/llama-server) from pipelined bytes of a next
 //! request (stop watching; they are read after this response).
 
-use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::pin::Pin;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use monoio::buf::{IoBufMut, SliceMut};
@@ -47,43 +45,15 @@ fn peek(fd: RawFd) -> Peek {
     }
 }
 
-/// A second handle on the client socket used only to wait for readability.
-pub struct ClientWatch {
-    stream: TcpStream,
+/// Start watching for the duration of one upstream exchange.
+pub fn arm() -> Armed {
+    Armed { active: true }
 }
 
-impl ClientWatch {
-    /// Duplicate the client's fd. Done once per connection, on its first proxied request.
-    pub fn new(client: &TcpStream) -> io::Result<Self> {
-        // SAFETY: dup of a valid fd; the new fd is owned by the std stream below.
-        let fd = unsafe { libc::dup(client.as_raw_fd()) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a freshly duplicated, owned socket descriptor.
-        let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-        std.set_nonblocking(true)?;
-        Ok(ClientWatch {
-            stream: TcpStream::from_std(std)?,
-        })
-    }
-}
-
-/// Start watching for the duration of one upstream exchange. Without a
-/// watch (the `dup` failed) the client's departure is noticed at the next write.
-pub fn arm(watch: Option<&ClientWatch>) -> Armed<'_> {
-    Armed {
-        watch,
-        poll: None,
-        active: watch.is_some(),
-    }
-}
-
-/// An armed watch: one posted readability poll, re-posted only after a
-/// spurious wake-up.
-pub struct Armed<'a> {
-    watch: Option<&'a ClientWatch>,
-    poll: Option<Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>>,
+/// An armed watch. The readability poll is posted on the client socket for
+/// the duration of each upstream read (no extra descriptor per connection);
+/// after pipelined bytes were seen, watching stops for this request.
+pub struct Armed {
     active: bool,
 }
 
@@ -94,36 +64,14 @@ pub enum Wait<T> {
     TimedOut,
 }
 
-impl<'a> Armed<'a> {
-    /// Resolves when the client is gone. Never resolves after pipelined data was seen.
-    async fn gone(&mut self) {
-        loop {
-            let Some(watch) = self.watch.filter(|_| self.active) else {
-                return std::future::pending::<()>().await;
-            };
-            let stream = &watch.stream;
-            let poll = self
-                .poll
-                .get_or_insert_with(|| Box::pin(stream.readable(false)));
-            let r = poll.as_mut().await;
-            self.poll = None;
-            if r.is_err() {
-                return;
-            }
-            match peek(watch.stream.as_raw_fd()) {
-                Peek::Closed => return,
-                Peek::Data => self.active = false,
-                Peek::Nothing => {}
-            }
-        }
-    }
-
+impl Armed {
     /// Read from `upstream` into the spare capacity of `buf` (appending),
     /// unless the client goes away or `timeout` passes first. The buffer is
     /// lost only in those two cases, where the upstream connection is dropped
     /// anyway.
     pub async fn read<R: AsyncReadRent>(
         &mut self,
+        client: &TcpStream,
         upstream: &mut R,
         mut buf: Vec<u8>,
         timeout: Duration,
@@ -135,16 +83,28 @@ impl<'a> Armed<'a> {
         let cap = buf.capacity();
         let read = upstream.read(SliceMut::new(buf, len, cap));
         let sleep = monoio::time::sleep(timeout);
-        let gone = self.gone();
-        let (mut read, mut sleep, mut gone) = (
-            std::pin::pin!(read),
-            std::pin::pin!(sleep),
-            std::pin::pin!(gone),
-        );
-        monoio::select! {
-            (r, b) = &mut read => Wait::Done((r, b.into_inner())),
-            _ = &mut sleep => Wait::TimedOut,
-            _ = &mut gone => Wait::ClientGone,
+        let (mut read, mut sleep) = (std::pin::pin!(read), std::pin::pin!(sleep));
+        loop {
+            if !self.active {
+                return monoio::select! {
+                    (r, b) = &mut read => Wait::Done((r, b.into_inner())),
+                    _ = &mut sleep => Wait::TimedOut,
+                };
+            }
+            monoio::select! {
+                (r, b) = &mut read => return Wait::Done((r, b.into_inner())),
+                _ = &mut sleep => return Wait::TimedOut,
+                r = client.readable(false) => {
+                    if r.is_err() {
+                        return Wait::ClientGone;
+                    }
+                    match peek(client.as_raw_fd()) {
+                        Peek::Closed => return Wait::ClientGone,
+                        Peek::Data => self.active = false,
+                        Peek::Nothing => {}
+                    }
+                }
+            }
         }
     }
 }

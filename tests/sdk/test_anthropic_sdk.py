@@ -130,7 +130,8 @@ def test_passthrough_stream_sdk_helper(aclient, multi_upstream, marker):
     assert final.stop_reason == "end_turn"
     assert (final.usage.input_tokens, final.usage.output_tokens) == ANTH.usage
     rec = multi_upstream.find_one(marker)
-    assert rec.headers.get("x-stainless-helper-method") == "stream" or "x-stainless-helper-method" not in rec.headers
+    assert rec.path == "/v1/messages"
+    assert rec.body.get("stream") is True
 
 
 def test_passthrough_model_rewrite_is_the_only_change(aclient, multi_upstream, marker):
