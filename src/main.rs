@@ -45,7 +45,19 @@ fn raise_fd_limit() {
     };
     // SAFETY: getrlimit/setrlimit with a valid, owned struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        // With the privilege to (root), go up to the kernel's ceiling.
+        let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+            .unwrap_or(lim.rlim_max);
+        let wanted = libc::rlimit {
+            rlim_cur: ceiling.max(lim.rlim_max),
+            rlim_max: ceiling.max(lim.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
