@@ -290,6 +290,12 @@ impl StreamTranslator {
     /// the provider never sent its terminal event, the client gets its
     /// format's error event instead of a fake clean end.
     pub fn finish(&mut self, out: &mut Vec<u8>, failure: Option<&str>) {
+        // A last NDJSON line without its newline still counts.
+        if let Framing::Ndjson { line, .. } = &self.framing
+            && !line.trim_ascii().is_empty()
+        {
+            let _ = self.feed(b"\n", out);
+        }
         let Some(encoder) = &mut self.encoder else {
             return;
         };
@@ -668,5 +674,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_last_ndjson_line_without_newline_still_ends_the_stream() {
+        let mut input = provider_stream(Format::Ollama);
+        assert_eq!(input.pop(), Some(b'\n'));
+        let mut out = Vec::new();
+        let mut t = StreamTranslator::new(Format::Ollama, Format::OpenAiChat, true);
+        t.feed(&input, &mut out).unwrap();
+        assert!(!t.ended);
+        t.finish(&mut out, None);
+        assert!(t.ended && t.error.is_none());
+        assert!(String::from_utf8_lossy(&out).ends_with("data: [DONE]\n\n"));
     }
 }
