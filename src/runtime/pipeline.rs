@@ -822,7 +822,6 @@ async fn proxy_inner(
 
     // Send, with one transparent retry when a pooled connection turns out
     // dead before any response byte.
-    let mut t_sent;
     let mut retried = false;
     let (mut up, head) = 'attempt: loop {
         let (mut up, reused) = match core.pools.take(pidx) {
@@ -844,7 +843,7 @@ async fn proxy_inner(
         };
         let (r, buf) = up.write_all(up_req).await;
         up_req = buf;
-        t_sent = Instant::now();
+        // The router's share so far: everything up to the request being sent.
         if ctx.overhead_us == 0 {
             ctx.overhead_us = micros_since(req.t0);
         }
@@ -950,7 +949,6 @@ async fn proxy_inner(
             &head,
             &mut armed,
             timeout,
-            t_sent,
             t_head,
             mode,
             plan.client,
@@ -1323,14 +1321,12 @@ async fn relay_stream(
     head: &ResponseHead,
     armed: &mut watch::Armed,
     timeout: Duration,
-    t_sent: Instant,
     t_head: Instant,
     mut mode: StreamMode,
     client: Format,
 ) -> (Relay, bool) {
     let chunked_out = !conn.http10;
     ctx.overhead_us += micros_since(t_head);
-    let _ = t_sent;
     let close = !req.keep_alive || conn.http10;
     if matches!(mode, StreamMode::Translate(_)) {
         write_own_head(conn, head.status, b"text/event-stream", ctx, None, close);
