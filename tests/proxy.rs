@@ -536,3 +536,42 @@ fn keep_alive_reuses_the_pooled_upstream_connection_and_retries_a_dead_one() {
         "three requests on one pooled connection, then a fresh one"
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
+    let up = Upstream::start();
+    // 24 MB reply: far more than loopback socket buffers hold.
+    let big = format!(
+        r#"{{"id":"x","object":"chat.completion","choices":[],"pad":"{}"}}"#,
+        "a".repeat(24 << 20)
+    );
+    up.push(json_reply(200, &big));
+    let router = Router::start(
+        "write-timeout",
+        &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n")
+            .replace("workers = 1", "workers = 1\nwrite_timeout_ms = 300"),
+    );
+    let mut s = router.connect();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{CHAT}",
+            CHAT.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // Never read: the router's write stalls, times out, and the request is logged as a disconnect.
+    let line = &router.log_lines(1)[0];
+    assert_eq!(line["status"], 499, "{line}");
+    assert!(line["error"].as_str().unwrap().starts_with("client_closed"));
+    // The router closed the connection: draining it ends in EOF well short of 24 MB.
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    assert!(total < 24 << 20, "read {total} bytes");
+}

@@ -195,6 +195,9 @@ pub struct ServerConfig {
     pub header_timeout_ms: u64,
     /// New key: idle keep-alive connection timeout (default 60 000 ms).
     pub idle_timeout_ms: u64,
+    /// New key: a write to the client that makes no progress for this long
+    /// (the client stopped reading) closes the connection (default 60 000 ms).
+    pub write_timeout_ms: u64,
     /// New key: upstream connect timeout (default 5 000 ms) → 502.
     pub connect_timeout_ms: u64,
     /// New key: time allowed for the upstream's first response byte (default 600 000 ms) → 504.

@@ -48,6 +48,7 @@ pub struct RawServer {
     pub max_head_bytes: Option<usize>,
     pub header_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub first_byte_timeout_ms: Option<u64>,
     pub pool_idle_ttl_ms: Option<u64>,

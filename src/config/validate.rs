@@ -28,6 +28,7 @@ pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub(crate) const DEFAULT_MAX_HEAD_BYTES: usize = 64 * 1024;
 pub(crate) const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub(crate) const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub(crate) const DEFAULT_WRITE_TIMEOUT_MS: u64 = 60_000;
 pub(crate) const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub(crate) const DEFAULT_FIRST_BYTE_TIMEOUT_MS: u64 = 600_000;
 pub(crate) const DEFAULT_POOL_IDLE_TTL_MS: u64 = 4_000;
@@ -141,6 +142,10 @@ fn server(
         idle_timeout_ms: at_least_one(
             "idle_timeout_ms",
             s.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
+        )?,
+        write_timeout_ms: at_least_one(
+            "write_timeout_ms",
+            s.write_timeout_ms.unwrap_or(DEFAULT_WRITE_TIMEOUT_MS),
         )?,
         connect_timeout_ms: at_least_one(
             "connect_timeout_ms",

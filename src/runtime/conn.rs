@@ -40,19 +40,30 @@ pub struct ClientConn {
     pub json_scratch: Vec<u8>,
     /// The client spoke HTTP/1.0 (no chunked responses).
     pub http10: bool,
+    /// `[server] write_timeout_ms`.
+    write_timeout: Duration,
 }
 
 impl ClientConn {
     /// Write `out` to the client and clear it.
+    /// A client that stops reading (zero window) fails the write after
+    /// `write_timeout`, so a stalled reader never holds a stream forever.
     pub async fn flush(&mut self) -> io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
         }
         let buf = std::mem::take(&mut self.out);
-        let (r, mut buf) = self.stream.write_all(buf).await;
-        buf.clear();
-        self.out = buf;
-        r.map(|_| ())
+        match monoio::time::timeout(self.write_timeout, self.stream.write_all(buf)).await {
+            Ok((r, mut buf)) => {
+                buf.clear();
+                self.out = buf;
+                r.map(|_| ())
+            }
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client stopped reading",
+            )),
+        }
     }
 }
 
@@ -99,6 +110,7 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
         up_body: Vec::new(),
         json_scratch: Vec::new(),
         http10: false,
+        write_timeout: Duration::from_millis(server.write_timeout_ms),
     };
     let mut buf: Vec<u8> = Vec::with_capacity(IDLE_BUF);
     loop {
