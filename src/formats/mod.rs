@@ -224,3 +224,38 @@ pub struct ApiError {
     pub kind: String,
     pub message: String,
 }
+
+/// Test support shared by the format modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// Values of every JSON type, swapped in for a key's value.
+    const SWAPS: [&str; 10] = [
+        "null", "1", "-1", "1.5", "\"s\"", "[]", "{}", "[null]", "[{}]", "true",
+    ];
+
+    /// Each sample with every value of each of `keys` replaced by each of
+    /// [`SWAPS`] (crudely: the old value is skipped up to the next `,` or `}`);
+    /// `f` gets every mutated body. Parsers must answer all of them without
+    /// panicking.
+    pub fn swapped_values(samples: &[&[u8]], keys: &[&str], mut f: impl FnMut(&[u8])) {
+        for swap in SWAPS {
+            for key in keys {
+                let pat = format!("\"{key}\":");
+                for s in samples {
+                    let s = String::from_utf8_lossy(s);
+                    let mut out = String::new();
+                    let mut rest: &str = &s;
+                    while let Some(at) = rest.find(&pat) {
+                        out.push_str(&rest[..at + pat.len()]);
+                        out.push_str(swap);
+                        rest = &rest[at + pat.len()..];
+                        let end = rest.find([',', '}']).unwrap_or(rest.len());
+                        rest = &rest[end..];
+                    }
+                    out.push_str(rest);
+                    f(out.as_bytes());
+                }
+            }
+        }
+    }
+}

@@ -2202,10 +2202,9 @@ mod tests {
             }
         }
         // Every value replaced by values of other types.
-        for swap in [
-            "null", "1", "-1", "1.5", "\"s\"", "[]", "{}", "[null]", "[{}]", "true",
-        ] {
-            for key in [
+        crate::formats::testing::swapped_values(
+            &samples,
+            &[
                 "model",
                 "messages",
                 "role",
@@ -2233,29 +2232,14 @@ mod tests {
                 "id",
                 "name",
                 "parameters",
-            ] {
-                let pat = format!("\"{key}\":");
-                for s in samples {
-                    let s = String::from_utf8_lossy(s);
-                    let mut out = String::new();
-                    let mut rest: &str = &s;
-                    while let Some(at) = rest.find(&pat) {
-                        out.push_str(&rest[..at + pat.len()]);
-                        out.push_str(swap);
-                        rest = &rest[at + pat.len()..];
-                        // Skip the old value crudely: up to the next , or }.
-                        let end = rest.find([',', '}']).unwrap_or(rest.len());
-                        rest = &rest[end..];
-                    }
-                    out.push_str(rest);
-                    let b = out.as_bytes();
-                    let _ = parse_request(b);
-                    let _ = parse_response(b);
-                    let _ = parse_error(400, b);
-                    let _ = StreamDecoder::new().feed(None, b, &mut Vec::new());
-                }
-            }
-        }
+            ],
+            |b| {
+                let _ = parse_request(b);
+                let _ = parse_response(b);
+                let _ = parse_error(400, b);
+                let _ = StreamDecoder::new().feed(None, b, &mut Vec::new());
+            },
+        );
         let deep = "[".repeat(100_000);
         assert!(parse_request(deep.as_bytes()).is_err());
         assert!(
