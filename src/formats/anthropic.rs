@@ -1440,12 +1440,7 @@ fn parse_error_value(root: &Value) -> (Option<String>, Option<String>) {
 /// Trimmed body text, at most [`MAX_ERROR_MESSAGE_BYTES`], cut on a char boundary.
 fn body_text(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    let mut end = text.len().min(MAX_ERROR_MESSAGE_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.get(..end).unwrap_or_default().to_owned()
+    super::cut_at_char_boundary(text.trim(), MAX_ERROR_MESSAGE_BYTES).to_owned()
 }
 
 /// A provider's Anthropic error reply in canonical form.

@@ -225,6 +225,19 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// The longest prefix of `s` of at most `max` bytes that ends on a character
+/// boundary (error texts taken from provider bodies are bounded with it).
+pub(crate) fn cut_at_char_boundary(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Test support shared by the format modules.
 #[cfg(test)]
 pub(crate) mod testing {

@@ -210,20 +210,9 @@ fn arguments_object(args: &str) -> Result<Value, FormatError> {
         Ok(v @ Value::Object(_)) => Ok(v),
         _ => Err(FormatError(format!(
             "tool call arguments are not a JSON object: {}",
-            truncate(args, 200)
+            super::cut_at_char_boundary(args, 200)
         ))),
     }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// `message.tool_calls` of a reply or request: `(id, name, arguments text)`.

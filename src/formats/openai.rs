@@ -261,11 +261,7 @@ pub(crate) fn error_text(status: u16, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let mut t = text.trim();
     if t.len() > MAX_ERROR_TEXT {
-        let mut end = MAX_ERROR_TEXT;
-        while !t.is_char_boundary(end) {
-            end -= 1;
-        }
-        t = t[..end].trim_end();
+        t = super::cut_at_char_boundary(t, MAX_ERROR_TEXT).trim_end();
     }
     if t.is_empty() {
         format!("upstream returned HTTP {status} with an empty body")

@@ -1871,11 +1871,7 @@ pub fn parse_error(status: u16, body: &[u8]) -> ApiError {
         Some(m) if !m.is_empty() => m,
         _ => {
             let text = String::from_utf8_lossy(body);
-            let mut end = text.len().min(MAX_ERROR_TEXT);
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            let text = text[..end].trim();
+            let text = super::cut_at_char_boundary(&text, MAX_ERROR_TEXT).trim();
             if text.is_empty() {
                 format!("upstream returned HTTP {status}")
             } else {
