@@ -2,7 +2,32 @@
 //! upstream, internal), the status it maps to, and renders itself in the
 //! error shape of the API family the client called.
 
+use std::borrow::Cow;
+
+use crate::formats::cut_at_char_boundary;
 use crate::json::write_json_string;
+
+/// Most bytes of one piece of client input (a model name, a path, a plugin
+/// id) quoted in a router-made message.
+pub const MAX_QUOTE_BYTES: usize = 256;
+
+/// Most bytes of a router-made error message (in the reply and the log line).
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+
+/// `s` cut to at most `max` bytes on a character boundary; a cut text ends
+/// with a marker saying how many bytes were left out.
+pub fn bounded(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    let kept = cut_at_char_boundary(s, max);
+    Cow::Owned(format!("{kept}…[{} more bytes]", s.len() - kept.len()))
+}
+
+/// Client input as quoted in a message: [`bounded`] to [`MAX_QUOTE_BYTES`].
+pub fn quote(s: &str) -> Cow<'_, str> {
+    bounded(s, MAX_QUOTE_BYTES)
+}
 
 /// Who caused the failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +65,10 @@ impl RouterError {
         code: Option<&'static str>,
         message: String,
     ) -> Self {
+        let message = match bounded(&message, MAX_MESSAGE_BYTES) {
+            Cow::Borrowed(_) => message,
+            Cow::Owned(cut) => cut,
+        };
         RouterError {
             side,
             status,
@@ -95,7 +124,7 @@ impl RouterError {
             404,
             "invalid_request_error",
             Some("not_found"),
-            format!("no route for {method} {path}"),
+            format!("no route for {} {}", quote(method), quote(path)),
         )
     }
 
@@ -105,13 +134,16 @@ impl RouterError {
             405,
             "invalid_request_error",
             Some("method_not_allowed"),
-            format!("method {method} is not allowed on {path}"),
+            format!("method {} is not allowed on {}", quote(method), quote(path)),
         )
     }
 
     pub fn no_route(model: &str) -> Self {
-        Self::bad_request(format!("no provider configured for model '{model}'"))
-            .with_code("no_route")
+        Self::bad_request(format!(
+            "no provider configured for model '{}'",
+            quote(model)
+        ))
+        .with_code("no_route")
     }
 
     pub fn upstream_connect(provider: &str, addr: &str, reason: &str) -> Self {
@@ -210,3 +242,34 @@ impl std::fmt::Display for RouterError {
 }
 
 impl std::error::Error for RouterError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_input_is_bounded_on_a_char_boundary() {
+        assert_eq!(quote("gpt-4o"), "gpt-4o");
+        let long = "é".repeat(1000); // 2 000 bytes
+        let q = quote(&long);
+        let kept = q.split('…').next().unwrap();
+        assert!(kept.len() <= MAX_QUOTE_BYTES && kept.len() >= MAX_QUOTE_BYTES - 1);
+        assert!(kept.chars().all(|c| c == 'é'));
+        assert!(q.ends_with(&format!("…[{} more bytes]", 2000 - kept.len())));
+    }
+
+    #[test]
+    fn every_message_is_bounded() {
+        let model = "m".repeat(10 << 20);
+        let e = RouterError::no_route(&model);
+        assert!(e.message.len() < 400, "{}", e.message.len());
+        assert!(e.message.contains("more bytes]"));
+        let e = RouterError::bad_request("x".repeat(1 << 20));
+        assert!(e.message.len() <= MAX_MESSAGE_BYTES + 32);
+        let mut body = Vec::new();
+        e.write_body(ApiFamily::Anthropic, &mut body);
+        assert!(body.len() < MAX_MESSAGE_BYTES + 200);
+        let e = RouterError::not_found("GET", &"/a".repeat(5000));
+        assert!(e.message.len() < 400);
+    }
+}

@@ -42,13 +42,16 @@ pub fn describe(cfg: &Config) -> String {
     let _ = writeln!(
         out,
         "limits: body {} bytes, head {} bytes; timeouts (ms): header {}, idle {}, connect {}, \
-         first byte {}; pool: {} idle per provider per worker, ttl {} ms",
+         first byte {}, stream idle {}; sse keep-alive every {} ms; pool: {} idle per provider \
+         per worker, ttl {} ms",
         s.max_body_bytes,
         s.max_head_bytes,
         s.header_timeout_ms,
         s.idle_timeout_ms,
         s.connect_timeout_ms,
         s.first_byte_timeout_ms,
+        s.stream_idle_timeout_ms,
+        s.sse_keepalive_ms,
         s.pool_max_idle,
         s.pool_idle_ttl_ms
     );

@@ -202,6 +202,13 @@ pub struct ServerConfig {
     pub connect_timeout_ms: u64,
     /// New key: time allowed for the upstream's first response byte (default 600 000 ms) → 504.
     pub first_byte_timeout_ms: u64,
+    /// New key: longest silence allowed between upstream reads once the
+    /// response head has arrived (default 300 000 ms) → the stream ends with
+    /// the client's error event.
+    pub stream_idle_timeout_ms: u64,
+    /// New key: during a streamed reply's silences, an SSE comment
+    /// (`: keep-alive`) goes to the client this often (default 15 000 ms; 0 = never).
+    pub sse_keepalive_ms: u64,
     /// New key: idle TTL of pooled upstream connections (default 4 000 ms; vLLM drops at ~5 s).
     pub pool_idle_ttl_ms: u64,
     /// New key: max idle pooled connections per provider per core (default 64).

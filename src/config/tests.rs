@@ -464,7 +464,7 @@ fn unknown_key_in_server() {
         err(&format!("[server]\nprot = 8090\n{PROVIDERS}")),
         "config.toml:2:1: unknown key `prot` in [server], expected one of: host, port, dashboard, \
          api_key_env, workers, max_body_bytes, max_head_bytes, header_timeout_ms, idle_timeout_ms, \
-         write_timeout_ms, connect_timeout_ms, first_byte_timeout_ms, pool_idle_ttl_ms, pool_max_idle"
+         write_timeout_ms, connect_timeout_ms, first_byte_timeout_ms, stream_idle_timeout_ms, sse_keepalive_ms, pool_idle_ttl_ms, pool_max_idle"
     );
 }
 
@@ -1164,7 +1164,7 @@ fn describe_shows_providers_rules_and_ok_line() {
     let expected = "\
 server: http://127.0.0.1:8090 — 2 workers, dashboard on, no API key
 logging: off
-limits: body 33554432 bytes, head 65536 bytes; timeouts (ms): header 10000, idle 60000, connect 5000, first byte 600000; pool: 64 idle per provider per worker, ttl 4000 ms
+limits: body 33554432 bytes, head 65536 bytes; timeouts (ms): header 10000, idle 60000, connect 5000, first byte 600000, stream idle 300000; sse keep-alive every 15000 ms; pool: 64 idle per provider per worker, ttl 4000 ms
 
 providers:
   local   openai     http://localhost:8080/v1   active

@@ -46,8 +46,8 @@ mod write;
 pub use chunked::{ChunkError, ChunkEvent, ChunkedDecoder, InPlace, MAX_CHUNK_EXT_BYTES};
 pub use request::{ParseStatus, RequestHead, parse_request_head, parse_request_head_into};
 pub use response::{
-    MAX_RESPONSE_HEADERS, ResponseFraming, ResponseHead, connection_listed, is_hop_by_hop,
-    parse_response_head, parse_response_head_into,
+    MAX_RESPONSE_HEADERS, ResponseFraming, ResponseHead, connection_listed,
+    is_carried_across_formats, is_hop_by_hop, parse_response_head, parse_response_head_into,
 };
 pub use write::{
     LAST_CHUNK, reason_phrase, write_chunk, write_chunk_header, write_content_length, write_header,

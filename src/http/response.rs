@@ -220,6 +220,30 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
 }
 
+/// Provider response fields that a translated reply (a cross-format route,
+/// where the router writes its own head) still carries to the client,
+/// unchanged: back-off hints (`retry-after`, `retry-after-ms`), rate-limit
+/// state (`x-ratelimit-*`, `anthropic-ratelimit-*`, the IETF `ratelimit-*`
+/// and `ratelimit`), and the provider's request id (`x-request-id`,
+/// `request-id`). ASCII case-insensitive.
+pub fn is_carried_across_formats(name: &[u8]) -> bool {
+    const EXACT: [&[u8]; 5] = [
+        b"retry-after",
+        b"retry-after-ms",
+        b"x-request-id",
+        b"request-id",
+        b"ratelimit",
+    ];
+    const PREFIX: [&[u8]; 3] = [b"x-ratelimit-", b"anthropic-ratelimit-", b"ratelimit-"];
+    EXACT.iter().any(|e| name.eq_ignore_ascii_case(e))
+        || PREFIX.iter().any(|p| {
+            name.len() > p.len()
+                && name
+                    .get(..p.len())
+                    .is_some_and(|h| h.eq_ignore_ascii_case(p))
+        })
+}
+
 /// Names listed in a Connection header value (comma separated) are also hop-by-hop for
 /// that message. `conn_values` are the values of every `Connection` field of the message.
 pub fn connection_listed(conn_values: &[&[u8]], name: &[u8]) -> bool {
@@ -408,6 +432,41 @@ mod tests {
             b"",
         ] {
             assert!(!is_hop_by_hop(n), "{}", String::from_utf8_lossy(n));
+        }
+    }
+
+    #[test]
+    fn fields_carried_across_formats() {
+        for n in [
+            &b"Retry-After"[..],
+            b"retry-after-ms",
+            b"x-ratelimit-remaining-requests",
+            b"anthropic-ratelimit-tokens-reset",
+            b"RateLimit-Policy",
+            b"ratelimit",
+            b"x-request-id",
+            b"Request-Id",
+        ] {
+            assert!(
+                is_carried_across_formats(n),
+                "{}",
+                String::from_utf8_lossy(n)
+            );
+        }
+        for n in [
+            &b"content-type"[..],
+            b"x-ratelimit-",
+            b"retry",
+            b"set-cookie",
+            b"openai-organization",
+            b"x-request-ids",
+            b"",
+        ] {
+            assert!(
+                !is_carried_across_formats(n),
+                "{}",
+                String::from_utf8_lossy(n)
+            );
         }
     }
 

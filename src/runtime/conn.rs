@@ -280,7 +280,23 @@ async fn read_body_bytes(
     timeout: Duration,
 ) -> Option<Vec<u8>> {
     match monoio::time::timeout(timeout, read_append(&mut conn.stream, buf, spare)).await {
-        Ok((Ok(0), _)) | Ok((Err(_), _)) => None,
+        Ok((Ok(0), b)) | Ok((Err(_), b)) => {
+            // Nothing to answer (the client is gone), but the request is logged.
+            let (method, path) = first_line(&b);
+            let mut ctx = Ctx::new(
+                core,
+                crate::observe::now_ms(),
+                Instant::now(),
+                method,
+                &path,
+            );
+            ctx.status = 499;
+            ctx.error = Some(
+                "client_closed: the client disconnected while sending the request body".into(),
+            );
+            ctx.finish(core, &[]);
+            None
+        }
         Ok((Ok(_), b)) => Some(b),
         Err(_) => {
             let err = RouterError::framing(408, "request body not received in time");
@@ -305,16 +321,24 @@ async fn reject(core: &Core, conn: &mut ClientConn, buf: &[u8], err: RouterError
 }
 
 fn first_line_path(buf: &[u8]) -> String {
+    first_line(buf).1
+}
+
+/// The method and path of the request line at the start of `buf`, as far as
+/// they can be read (bounded like any quoted client input).
+fn first_line(buf: &[u8]) -> (&str, String) {
     let line_end = buf
         .iter()
         .position(|&b| b == b'\r' || b == b'\n')
         .unwrap_or(buf.len())
         .min(2048);
     let mut parts = buf[..line_end].split(|&b| b == b' ');
-    let _method = parts.next();
+    let method = parts.next().unwrap_or(b"");
+    let method = std::str::from_utf8(&method[..method.len().min(32)]).unwrap_or("");
     let target = parts.next().unwrap_or(b"");
     let path = target.split(|&b| b == b'?').next().unwrap_or(b"");
-    String::from_utf8_lossy(path).into_owned()
+    let path = String::from_utf8_lossy(path);
+    (method, crate::error::quote(&path).into_owned())
 }
 
 /// The error shape for a path: Anthropic for `/v1/messages…`, OpenAI otherwise.

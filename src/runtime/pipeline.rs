@@ -484,11 +484,16 @@ pub async fn handle(
         Ok(p) => p,
         Err(err) => return finish_error(core, conn, req, &mut ctx, family, err).await,
     };
-    ctx.requested_model = Some(parsed.model.clone());
+    // The log quotes the model like any client input: bounded.
+    ctx.requested_model = Some(crate::error::quote(&parsed.model).into_owned());
     ctx.stream = parsed.stream;
     ctx.messages = parsed.messages.clone();
     ctx.system = parsed.system.clone();
-    ctx.plugins = parsed.plugin_ids.clone();
+    ctx.plugins = parsed
+        .plugin_ids
+        .iter()
+        .map(|id| crate::error::quote(id).into_owned())
+        .collect();
     if let Some(bad) = parsed
         .plugin_ids
         .iter()
@@ -496,7 +501,7 @@ pub async fn handle(
     {
         let err = RouterError::bad_request(format!(
             "unknown plugin '{}' (known: {})",
-            bad,
+            crate::error::quote(bad),
             KNOWN_PLUGINS.join(", ")
         ))
         .with_code("unknown_plugin");
@@ -554,7 +559,7 @@ pub async fn handle(
         // Never a fake count: only an Anthropic-format provider can answer.
         let err = RouterError::bad_request(format!(
             "count_tokens needs an anthropic-format provider; model '{}' routes to '{}' ({} format)",
-            parsed.model,
+            crate::error::quote(&parsed.model),
             provider.name,
             provider.format.as_str()
         ))
@@ -824,7 +829,10 @@ async fn proxy_inner(
     // dead before any response byte.
     let mut retried = false;
     let (mut up, head) = 'attempt: loop {
-        let (mut up, reused) = match core.pools.take(pidx) {
+        // A retry always goes out on a fresh connection: the pooled ones are
+        // likely as stale as the one that just failed.
+        let pooled = if retried { None } else { core.pools.take(pidx) };
+        let (mut up, reused) = match pooled {
             Some(s) => (s, true),
             None => match crate::upstream::connect(
                 target,
@@ -884,17 +892,31 @@ async fn proxy_inner(
                             "connection closed before a complete response head"
                         ));
                     }
-                    match http::parse_response_head(&resp, MAX_UPSTREAM_HEAD) {
-                        Ok(Some(h)) if h.status >= 200 => break 'attempt (up, h),
-                        Ok(Some(h)) => {
-                            // 1xx interim response: drop it and keep reading.
-                            resp.drain(..h.head_len);
+                    // Interim 1xx responses (100 Continue, 103 Early Hints, …) are
+                    // skipped, and whatever follows them in the buffer is parsed
+                    // before reading again.
+                    loop {
+                        match http::parse_response_head(&resp, MAX_UPSTREAM_HEAD) {
+                            Ok(Some(h)) if h.status == 408 && reused && !retried => {
+                                // The upstream timed the idle connection out as the
+                                // request crossed it: the request was not processed.
+                                // Closed (never pooled), and sent once more on a fresh one.
+                                retried = true;
+                                continue 'attempt;
+                            }
+                            Ok(Some(h)) if h.status >= 200 => break 'attempt (up, h),
+                            Ok(Some(h)) => {
+                                resp.drain(..h.head_len);
+                                if resp.is_empty() {
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => fail!(RouterError::upstream_bad_response(
+                                &provider.name,
+                                e.message
+                            )),
                         }
-                        Ok(None) => {}
-                        Err(e) => fail!(RouterError::upstream_bad_response(
-                            &provider.name,
-                            e.message
-                        )),
                     }
                 }
                 Wait::TimedOut => {
@@ -1073,7 +1095,7 @@ async fn proxy_inner(
             ctx.overhead_us += micros_since(t_done);
             write_own_head(
                 conn,
-                head.status,
+                (&resp, &head),
                 b"application/json",
                 ctx,
                 Some(translated.len()),
@@ -1260,6 +1282,39 @@ fn write_response_head(
     }
 }
 
+/// The SSE comment sent to a streaming client during long silences; ignored
+/// by every WHATWG-conformant SSE parser (the OpenAI and Anthropic SDKs).
+const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+/// [`KEEPALIVE_COMMENT`] as one chunk of a chunked body.
+const KEEPALIVE_CHUNK: &[u8] = b"e\r\n: keep-alive\n\n\r\n";
+
+/// The last four bytes sent to a streaming client, to tell whether the
+/// stream stands between two SSE events (after a blank line).
+#[derive(Clone, Copy)]
+struct EventTail(u32);
+
+impl Default for EventTail {
+    /// Nothing sent yet: a boundary.
+    fn default() -> Self {
+        EventTail(u32::from_be_bytes(*b"\r\n\r\n"))
+    }
+}
+
+impl EventTail {
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes.iter().rev().take(4).rev() {
+            self.0 = (self.0 << 8) | u32::from(b);
+        }
+    }
+
+    fn at_event_boundary(self) -> bool {
+        let last2 = (self.0 & 0xffff) as u16;
+        self.0 == u32::from_be_bytes(*b"\r\n\r\n")
+            || last2 == u16::from_be_bytes(*b"\n\n")
+            || last2 == u16::from_be_bytes(*b"\r\r")
+    }
+}
+
 /// How a streamed reply is relayed.
 enum StreamMode {
     /// OpenAI chat passthrough: bytes unchanged, scanned for usage and text.
@@ -1274,18 +1329,25 @@ enum StreamMode {
 }
 
 /// A head the router writes itself (cross-format replies): status, content
-/// type, `X-Router-*`, our framing.
+/// type, the provider's back-off, rate-limit and request-id fields
+/// ([`http::is_carried_across_formats`]), `X-Router-*`, our framing.
 fn write_own_head(
     conn: &mut ClientConn,
-    status: u16,
+    provider: (&[u8], &ResponseHead),
     content_type: &[u8],
     ctx: &Ctx<'_>,
     len: Option<usize>,
     close: bool,
 ) {
     let out = &mut conn.out;
-    http::write_status_line(out, status);
+    let (buf, head) = provider;
+    http::write_status_line(out, head.status);
     http::write_header(out, b"content-type", content_type);
+    for (name, value) in head.headers_iter(buf) {
+        if http::is_carried_across_formats(name) {
+            http::write_header(out, name, value);
+        }
+    }
     if len.is_none() {
         http::write_header(out, b"cache-control", b"no-cache");
         http::write_header(out, b"x-accel-buffering", b"no");
@@ -1326,10 +1388,22 @@ async fn relay_stream(
     client: Format,
 ) -> (Relay, bool) {
     let chunked_out = !conn.http10;
+    let server = &core.snap.config.server;
+    let idle = Duration::from_millis(server.stream_idle_timeout_ms);
+    let write_timeout = Duration::from_millis(server.write_timeout_ms);
+    // Keep-alive comments only where the client reads SSE: translated
+    // streams always, passthrough when the provider streams SSE.
+    let sse_out = matches!(mode, StreamMode::Translate(_))
+        || header_value(resp, head, "content-type")
+            .is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
+    let keepalive_every = (server.sse_keepalive_ms > 0 && sse_out)
+        .then(|| Duration::from_millis(server.sse_keepalive_ms));
+    // The last bytes sent to the client: a comment may only go between events.
+    let mut tail = EventTail::default();
     ctx.overhead_us += micros_since(t_head);
     let close = !req.keep_alive || conn.http10;
     if matches!(mode, StreamMode::Translate(_)) {
-        write_own_head(conn, head.status, b"text/event-stream", ctx, None, close);
+        write_own_head(conn, (resp, head), b"text/event-stream", ctx, None, close);
     } else {
         write_response_head(conn, resp, head, ctx, None, close);
     }
@@ -1412,6 +1486,7 @@ async fn relay_stream(
             if bytes.is_empty() {
                 continue;
             }
+            tail.push(bytes);
             if chunked_out {
                 http::write_chunk(&mut conn.out, bytes);
             } else {
@@ -1444,7 +1519,23 @@ async fn relay_stream(
         resp.drain(..pos);
         pos = 0;
         let buf = std::mem::take(resp);
-        match armed.read(&conn.stream, up, buf, timeout).await {
+        // Until the first content byte the first-byte timeout applies (a long
+        // prefill after an early head); after it, the stream-idle timeout.
+        let wait = if first { timeout } else { idle };
+        let keepalive = keepalive_every
+            .filter(|_| tail.at_event_boundary())
+            .map(|every| {
+                let comment: &'static [u8] = if chunked_out {
+                    KEEPALIVE_CHUNK
+                } else {
+                    KEEPALIVE_COMMENT
+                };
+                (every, comment)
+            });
+        match armed
+            .read_stream(&mut conn.stream, up, buf, wait, keepalive, write_timeout)
+            .await
+        {
             Wait::Done((Ok(k), b)) if k > 0 => *resp = b,
             Wait::Done((r, b)) => {
                 *resp = b;
@@ -1456,8 +1547,17 @@ async fn relay_stream(
                     Err(e) => format!("read failed mid-stream: {e}"),
                 });
             }
+            Wait::TimedOut if first => {
+                break Relay::UpstreamFailed(format!(
+                    "no data for {} ms (first_byte_timeout_ms)",
+                    wait.as_millis()
+                ));
+            }
             Wait::TimedOut => {
-                break Relay::UpstreamFailed(format!("no data for {} ms", timeout.as_millis()));
+                break Relay::UpstreamFailed(format!(
+                    "stream idle for {} ms (stream_idle_timeout_ms)",
+                    wait.as_millis()
+                ));
             }
             Wait::ClientGone => break Relay::ClientGone,
         }

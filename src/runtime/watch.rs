@@ -9,10 +9,10 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBufMut, SliceMut};
-use monoio::io::AsyncReadRent;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 /// What a peek at the client socket showed.
@@ -104,6 +104,80 @@ impl Armed {
                         Peek::Nothing => {}
                     }
                 }
+            }
+        }
+    }
+}
+
+/// How one wait of [`Armed::read_stream`] went (internal).
+enum StreamEv<T> {
+    Read(T),
+    Slept,
+    Client(io::Result<()>),
+}
+
+impl Armed {
+    /// Wait for the next bytes of a streamed reply: like [`Armed::read`],
+    /// but `idle` bounds the silence (→ [`Wait::TimedOut`]), and with
+    /// `keepalive = Some((every, bytes))` each `every` of silence writes
+    /// `bytes` (an SSE comment, already framed) to the client. The upstream
+    /// read stays posted while the comment is written, so no upstream byte
+    /// is lost to a tick; a client write that fails or makes no progress for
+    /// `write_timeout` means the client is gone.
+    pub async fn read_stream<R: AsyncReadRent>(
+        &mut self,
+        client: &mut TcpStream,
+        upstream: &mut R,
+        mut buf: Vec<u8>,
+        idle: Duration,
+        keepalive: Option<(Duration, &'static [u8])>,
+        write_timeout: Duration,
+    ) -> Wait<(io::Result<usize>, Vec<u8>)> {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        let len = buf.len();
+        let cap = buf.capacity();
+        let mut read = std::pin::pin!(upstream.read(SliceMut::new(buf, len, cap)));
+        let deadline = Instant::now() + idle;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Wait::TimedOut;
+            }
+            let (wait, tick) = match keepalive {
+                Some((every, bytes)) if every < left => (every, Some(bytes)),
+                _ => (left, None),
+            };
+            let ev = if self.active {
+                monoio::select! {
+                    r = &mut read => StreamEv::Read(r),
+                    _ = monoio::time::sleep(wait) => StreamEv::Slept,
+                    r = client.readable(false) => StreamEv::Client(r),
+                }
+            } else {
+                monoio::select! {
+                    r = &mut read => StreamEv::Read(r),
+                    _ = monoio::time::sleep(wait) => StreamEv::Slept,
+                }
+            };
+            match ev {
+                StreamEv::Read((r, b)) => return Wait::Done((r, b.into_inner())),
+                StreamEv::Slept => {
+                    let Some(bytes) = tick else {
+                        return Wait::TimedOut;
+                    };
+                    match monoio::time::timeout(write_timeout, client.write_all(bytes)).await {
+                        Ok((Ok(_), _)) => {}
+                        _ => return Wait::ClientGone,
+                    }
+                }
+                StreamEv::Client(Err(_)) => return Wait::ClientGone,
+                StreamEv::Client(Ok(())) => match peek(client.as_raw_fd()) {
+                    Peek::Closed => return Wait::ClientGone,
+                    Peek::Data => self.active = false,
+                    Peek::Nothing => {}
+                },
             }
         }
     }

@@ -6,6 +6,14 @@
 //! connections idle longer than `[server] pool_idle_ttl_ms`, which defaults
 //! below vLLM's ~5 s keep-alive. A connection whose read or write was
 //! abandoned is never given back (callers simply drop it).
+//!
+//! A pooled connection is reused only while it is silent: before one is
+//! handed out, a non-blocking `MSG_PEEK` on its socket must find nothing to
+//! read. Bytes that arrived while it sat idle (an unsolicited response, the
+//! `408 Request Timeout` some servers send before closing an idle
+//! connection) or an EOF/reset mean its state is unknown: it is closed, and
+//! the next one (or a fresh connection) is used. Those bytes are never
+//! parsed as the answer to a later request.
 
 pub mod tls;
 
@@ -70,6 +78,38 @@ pub enum Conn {
     Plain(TcpStream),
     /// Boxed: a rustls connection is large.
     Tls(Box<tls::TlsStream>),
+}
+
+impl Conn {
+    /// True when nothing has arrived on this idle connection: no bytes, no
+    /// EOF, no error, and (TLS) nothing buffered inside the stream.
+    pub fn is_silent(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let fd = match self {
+            Conn::Plain(s) => s.as_raw_fd(),
+            Conn::Tls(s) => {
+                if s.has_buffered_input() {
+                    return false;
+                }
+                s.tcp().as_raw_fd()
+            }
+        };
+        let mut b = [0u8; 1];
+        // SAFETY: fd is a live socket owned by this connection; b is a live 1-byte buffer.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                b.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0
+            && matches!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN) | Some(libc::EINTR)
+            )
+    }
 }
 
 impl AsyncReadRent for Conn {
@@ -139,17 +179,24 @@ impl Pools {
         }
     }
 
-    /// The most recently returned live connection, if any. Expired ones are dropped.
+    /// The most recently returned live, silent connection, if any. Expired
+    /// ones are dropped, and so is every one on which the upstream spoke (or
+    /// closed) while it was idle.
     pub fn take(&self, provider: usize) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         let stack = idle.get_mut(provider)?;
         let now = Instant::now();
-        let c = stack.pop()?;
-        if now.duration_since(c.since) < self.ttl {
-            return Some(c.stream);
+        while let Some(c) = stack.pop() {
+            if now.duration_since(c.since) >= self.ttl {
+                // The rest are older still: drop them all.
+                stack.clear();
+                return None;
+            }
+            if c.stream.is_silent() {
+                return Some(c.stream);
+            }
+            // Unknown state (unsolicited bytes, EOF, reset): closed by the drop.
         }
-        // The rest are older still: drop them all.
-        stack.clear();
         None
     }
 

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod fault;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh temporary directory for one test.
@@ -300,6 +302,18 @@ impl Reader {
         Some(resp)
     }
 
+    /// Read until `done` holds for the bytes received and not yet parsed;
+    /// false when the connection ended first. Nothing is consumed.
+    pub fn read_until(&mut self, done: impl Fn(&[u8]) -> bool) -> bool {
+        while !done(&self.buf) {
+            match self.fill() {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        true
+    }
+
     /// True when the peer closed the connection (EOF) within the read timeout.
     pub fn closed(&mut self) -> bool {
         if !self.buf.is_empty() {
@@ -477,7 +491,7 @@ impl Upstream {
 
 type RawRequest = (String, String, Vec<(String, String)>, Vec<u8>);
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<RawRequest> {
+pub fn read_request(reader: &mut BufReader<TcpStream>) -> Option<RawRequest> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
