@@ -129,6 +129,41 @@ fn defect1_unsolicited_response_on_an_idle_connection_goes_to_nobody() {
 }
 
 #[test]
+fn defect1_408_answering_a_reused_connection_is_retried_once_on_a_fresh_one() {
+    let up = FaultUpstream::start();
+    let router = Router::start("f-408-race", &config(&up, ""));
+    let a = post(&router, CHAT, &chat("echo", "tok-a", false), &[]);
+    assert_eq!(content(&a), "tok-a");
+    // The pooled connection is silent, so it is reused; the upstream's idle
+    // timer fires as the request crosses it: 408 and close.
+    let b = post(&router, CHAT, &chat("408-if-reused", "tok-b", false), &[]);
+    assert_eq!(b.status, 200, "{}", b.text());
+    assert_eq!(content(&b), "tok-b");
+    let conns: Vec<usize> = up.requests().iter().map(|r| r.conn).collect();
+    assert_eq!(
+        conns,
+        [0, 0, 1],
+        "sent on the pooled one, then once on a fresh one"
+    );
+    // The pool serves on afterwards.
+    let c = post(&router, CHAT, &chat("echo", "tok-c", false), &[]);
+    assert_eq!(content(&c), "tok-c");
+    assert_eq!(statuses(&router, 3), [200, 200, 200]);
+}
+
+#[test]
+fn defect1_bytes_after_a_bodiless_response_keep_the_connection_out_of_the_pool() {
+    let up = FaultUpstream::start();
+    let router = Router::start("f-204", &config(&up, ""));
+    let a = post(&router, CHAT, &chat("204-with-body", "tok-a", false), &[]);
+    assert_eq!(a.status, 204);
+    let b = post(&router, CHAT, &chat("echo", "tok-b", false), &[]);
+    assert_eq!((b.status, content(&b)), (200, "tok-b".to_string()));
+    let conns: Vec<usize> = up.requests().iter().map(|r| r.conn).collect();
+    assert_eq!(conns, [0, 1]);
+}
+
+#[test]
 fn e12_pooled_connection_closed_by_the_upstream_is_replaced_transparently() {
     let up = FaultUpstream::start();
     let router = Router::start("f-e12", &config(&up, ""));

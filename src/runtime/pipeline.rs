@@ -1162,7 +1162,13 @@ async fn read_whole_body(
     const TRUNCATED: &str = "connection closed before the end of the body";
     const TOO_LARGE: &str = "response body too large";
     match head.framing {
-        ResponseFraming::None => Ok((head.head_len..head.head_len, false, head.keep_alive)),
+        // Bytes after a bodiless head (a 204 that sent a body anyway) leave
+        // the connection in an unknown state: never pooled.
+        ResponseFraming::None => Ok((
+            head.head_len..head.head_len,
+            false,
+            head.keep_alive && resp.len() == head.head_len,
+        )),
         ResponseFraming::ContentLength(n) => {
             if n > MAX_UPSTREAM_BODY as u64 {
                 return Err(BodyEnd::Bad(TOO_LARGE.into()));
@@ -1804,5 +1810,35 @@ async fn mock(
         Next::KeepAlive
     } else {
         Next::Close
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventTail;
+
+    fn tail_after(pieces: &[&[u8]]) -> bool {
+        let mut t = EventTail::default();
+        for p in pieces {
+            t.push(p);
+        }
+        t.at_event_boundary()
+    }
+
+    #[test]
+    fn keepalive_comments_go_only_between_events() {
+        assert!(tail_after(&[]), "nothing sent yet");
+        assert!(tail_after(&[b"data: {}\n\n"]));
+        assert!(tail_after(&[b"data: {}\r\n\r\n"]));
+        assert!(tail_after(&[b"data: {}\r\r"]));
+        assert!(
+            tail_after(&[b"event: ping\ndata: {}\n", b"\n"]),
+            "split blank line"
+        );
+        assert!(tail_after(&[b"data: {}\r\n", b"\r", b"\n"]));
+        assert!(!tail_after(&[b"data: {\"a\":"]), "inside an event");
+        assert!(!tail_after(&[b"data: {}\n"]), "one line, no blank line yet");
+        assert!(!tail_after(&[b"data: {}\n\n", b"data: {"]));
+        assert!(!tail_after(&[b"data: {}\r\n"]));
     }
 }

@@ -14,6 +14,8 @@
 //! | `echo-then-408` | `echo`, then (on [`FaultUpstream::release`]) an unsolicited `408 Request Timeout` on the idle connection, then close |
 //! | `echo-then-stale` | `echo`, then (on release) an unsolicited complete `200` whose content is `STALE`; the connection stays open and serves on |
 //! | `echo-then-close` | `echo`, then (on release) the upstream closes the idle connection |
+//! | `408-if-reused` | on a connection that already served a request: `408 Request Timeout` and close (the race of an idle timeout with a reused connection); else `echo` |
+//! | `204-with-body` | `204 No Content` followed by five body bytes anyway, keep-alive |
 //! | `interim` | `100 Continue`, `103 Early Hints` and the final `200` in one write |
 //! | `interim-bytewise` | the same bytes, one byte per write |
 //! | `status-NNN` | status NNN with `retry-after: 7`, rate-limit and request-id fields, a `set-cookie`, and an error body in the provider's shape |
@@ -203,6 +205,7 @@ fn serve(
     let _ = stream.set_nodelay(true);
     let mut w = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
+    let mut served = 0usize;
     loop {
         let Some((method, path, headers, body)) = read_request(&mut reader) else {
             let _ = events.send(FaultEvent::PeerClosed(conn));
@@ -218,8 +221,20 @@ fn serve(
             conn,
         });
         let anthropic = path.contains("/messages");
+        served += 1;
         let ok = match mode.as_str() {
             "echo" => w.write_all(&completion_response(&tok)).is_ok(),
+            "408-if-reused" if served > 1 => {
+                let _ = w.write_all(
+                    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                );
+                let _ = w.shutdown(Shutdown::Both);
+                return;
+            }
+            "408-if-reused" => w.write_all(&completion_response(&tok)).is_ok(),
+            "204-with-body" => w
+                .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello")
+                .is_ok(),
             "echo-then-408" | "echo-then-stale" | "echo-then-close" => {
                 if w.write_all(&completion_response(&tok)).is_err() {
                     return;
