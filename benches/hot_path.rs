@@ -9,6 +9,7 @@
 //!   at 10, 100 (the figures' config) and 10,000 keywords (10 tags), on 1 KB and 1 MB prompts.
 //! - `route`: `route::resolve` over a five-rule chain and six providers from a real config.
 //! - `sse`: `sse::SseParser::feed` + `sse::ChatStreamStats::on_event` over a 20-event stream.
+//! - `pool`: `upstream::Conn::is_silent`, the check before a pooled connection is reused.
 //!
 //! `cargo bench --bench hot_path` measures (~2 minutes on 2 cores, plus the build);
 //! `cargo bench --bench hot_path -- --test` runs each benchmark once (a smoke test).
@@ -33,6 +34,7 @@ use opensourcellmrouter::http::{self, HeadLimits, ParseStatus, RequestHead};
 use opensourcellmrouter::json::{self as rjson, ChatRequestInfo};
 use opensourcellmrouter::route::{self, Discovery, Rng, RouteInput};
 use opensourcellmrouter::sse::{ChatStreamStats, SseParser};
+use opensourcellmrouter::upstream::Conn;
 
 // ---------------------------------------------------------------------------------------
 // Deterministic inputs
@@ -858,6 +860,33 @@ fn bench_sse(c: &mut Criterion) {
     g.finish();
 }
 
+/// `pool`: `upstream::Conn::is_silent`, the check a pooled upstream connection
+/// passes before it is reused (one non-blocking `MSG_PEEK` recv on an idle
+/// loopback TCP socket), against a no-op baseline.
+fn bench_pool(c: &mut Criterion) {
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .build()
+        .expect("a monoio runtime");
+    rt.block_on(async {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let conn = Conn::Plain(monoio::net::TcpStream::from_std(client).unwrap());
+        assert!(conn.is_silent(), "an idle connection is silent");
+        let mut g = c.benchmark_group("pool");
+        g.bench_function("silence_check", |b| b.iter(|| black_box(conn.is_silent())));
+        g.bench_function("no_check", |b| b.iter(|| black_box(&conn)));
+        g.finish();
+        // And the check sees what an upstream sends while the connection idles.
+        std::io::Write::write_all(&mut server, b"HTTP/1.1 408 Request Timeout\r\n\r\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while conn.is_silent() {
+            assert!(std::time::Instant::now() < deadline, "408 not seen");
+            std::thread::yield_now();
+        }
+    });
+}
+
 /// 1 s warm-up, 2 s measurement. Plots are off (with the plotters backend they cost ~4 s
 /// per benchmark here, more than the measurement); `HOT_PATH_PLOTS=1` turns them on for
 /// the HTML report in `target/criterion/report/`.
@@ -875,6 +904,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_path;
     config = config();
-    targets = bench_head, bench_json, bench_classify, bench_route, bench_sse
+    targets = bench_head, bench_json, bench_classify, bench_route, bench_sse, bench_pool
 }
 criterion_main!(hot_path);

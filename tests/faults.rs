@@ -576,6 +576,70 @@ fn e7_malformed_event_is_forwarded_verbatim_on_passthrough_and_an_error_when_tra
     assert_eq!(statuses(&router, 2), [200, 200]);
 }
 
+/// The fault upstream as an Ollama-format provider.
+fn ollama_config(up: &FaultUpstream) -> String {
+    config(up, "")
+        .replace("format = \"openai\"", "format = \"ollama\"")
+        .replace(&up.base_url(), &format!("http://{}", up.addr))
+}
+
+#[test]
+fn e15_ollama_error_line_mid_stream_becomes_the_clients_error_event() {
+    let up = FaultUpstream::start();
+    let router = Router::start("f-e15", &ollama_config(&up));
+    let r = post(&router, CHAT, &chat("ndjson-error", "tok", true), &[]);
+    assert_eq!(r.status, 200);
+    let body = r.text();
+    assert_whole_events(&body);
+    assert!(body.contains("partial"), "{body}");
+    assert!(
+        body.contains("data: {\"error\"") && body.contains("fault: model crashed"),
+        "{body}"
+    );
+    assert!(!body.contains("[DONE]"), "{body}");
+    let r = post(
+        &router,
+        MESSAGES,
+        &anthropic("ndjson-error", "tok", true),
+        &[],
+    );
+    let body = r.text();
+    assert!(
+        body.contains("event: error") && body.contains("fault: model crashed"),
+        "{body}"
+    );
+    assert!(!body.contains("message_stop"), "{body}");
+    assert!(up.requests().iter().all(|r| r.path == "/api/chat"));
+}
+
+#[test]
+fn e15_ndjson_line_over_the_limit_ends_the_stream_with_an_error() {
+    let up = FaultUpstream::start();
+    let router = Router::start("f-e15-long", &ollama_config(&up));
+    let r = post(&router, CHAT, &chat("ndjson-long", "tok", true), &[]);
+    assert_eq!(r.status, 200);
+    let body = r.text();
+    assert!(
+        body.len() < 4096,
+        "the long line is never relayed: {} bytes",
+        body.len()
+    );
+    assert!(
+        body.contains("data: {\"error\"") && body.contains("NDJSON line too long"),
+        "{body}"
+    );
+    assert!(!body.contains("[DONE]"));
+    up.wait_for(FaultEvent::PeerClosed(0));
+    let line = &router.log_lines(1)[0];
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("upstream_truncated"),
+        "{line}"
+    );
+}
+
 #[test]
 fn e11_ambiguous_upstream_framing_is_a_502() {
     let up = FaultUpstream::start();

@@ -25,6 +25,8 @@
 //! | `stall` | SSE head and one event, then silence until the peer closes |
 //! | `stall-mid-event` | SSE head and half an event, then silence until the peer closes |
 //! | `slow-first` | SSE head, silence until release, then two events and `[DONE]` |
+//! | `ndjson-error` | Ollama NDJSON: one content line, then `{"error":"fault: model crashed"}` and a clean end |
+//! | `ndjson-long` | Ollama NDJSON: one line of 17 MiB, no newline |
 //! | `cl-te` | a head with both `Content-Length` and `Transfer-Encoding` |
 //! | `close` | reads the request and closes without answering |
 #![allow(dead_code)]
@@ -321,6 +323,29 @@ fn serve(
                 bytes.extend_from_slice(&chunk("data: [DONE]\n\n"));
                 bytes.extend_from_slice(b"0\r\n\r\n");
                 w.write_all(&bytes).is_ok()
+            }
+            "ndjson-error" | "ndjson-long" => {
+                let mut bytes = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                if mode == "ndjson-error" {
+                    bytes.extend_from_slice(&chunk(
+                        "{\"model\":\"m\",\"created_at\":\"2026-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"partial\"},\"done\":false}\n",
+                    ));
+                    bytes.extend_from_slice(&chunk("{\"error\":\"fault: model crashed\"}\n"));
+                    bytes.extend_from_slice(b"0\r\n\r\n");
+                } else {
+                    let line = format!(
+                        "{{\"model\":\"m\",\"message\":{{\"role\":\"assistant\",\"content\":\"{}",
+                        "a".repeat(17 << 20)
+                    );
+                    bytes.extend_from_slice(&chunk(&line));
+                }
+                // The router may close mid-write (line too long): that is fine.
+                let _ = w.write_all(&bytes);
+                if mode == "ndjson-long" {
+                    until_peer_closes(&mut w, conn, &events);
+                    return;
+                }
+                true
             }
             "cl-te" => w
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
