@@ -110,6 +110,11 @@ MIDFAIL_ANTH = "Overloaded"  # what Anthropic sends in a mid-stream overloaded_e
 OLLAMA_MODELS = ["llama3.2:latest", "llama-tools:latest"]
 
 
+# Sent with every err-NNN reply of the OpenAI and Anthropic handlers: the back-off hint that
+# SDKs honour, which must survive a cross-format route (the router's documented fields).
+BACKOFF_HEADERS = {"retry-after": "7", "retry-after-ms": "7000"}
+
+
 def anth_error_message(status: int) -> str:
     return ANTH_ERROR_MESSAGES.get(status, f"mock anthropic upstream error {status}")
 
@@ -590,6 +595,7 @@ def make_handler(state: MultiUpstream) -> type[BaseHTTPRequestHandler]:
                     status,
                     {"error": {"message": openai_error_message(status), "type": OPENAI_ERROR_TYPES.get(status, "api_error"),
                                "param": None, "code": None}},
+                    BACKOFF_HEADERS | {"x-request-id": "req_mock_err", "x-ratelimit-remaining-requests": "0"},
                 )  # fmt: skip
                 return
             msgs = body["messages"]
@@ -703,7 +709,7 @@ def make_handler(state: MultiUpstream) -> type[BaseHTTPRequestHandler]:
                 status,
                 {"type": "error", "error": {"type": ANTH_ERROR_TYPES.get(status, "api_error"), "message": message},
                  "request_id": "req_mock_err"},
-                {"request-id": "req_mock_err"},
+                BACKOFF_HEADERS | {"request-id": "req_mock_err", "anthropic-ratelimit-requests-remaining": "0"},
             )  # fmt: skip
 
         def _anthropic_count(self, body: Any) -> None:

@@ -286,6 +286,12 @@ def test_cross_format_upstream_error_translated(aclient, multi_upstream, marker,
     assert isinstance(body.get("error"), dict), body
     assert body["error"].get("type") == etype, body
     assert upstream_msg in (body["error"].get("message") or ""), body
+    if model.startswith("gpt-"):
+        # The OpenAI provider's back-off hint and request id survive translation.
+        assert e.response.headers.get("retry-after") == "7", dict(e.response.headers)
+        assert e.response.headers.get("retry-after-ms") == "7000"
+        assert e.response.headers.get("x-request-id") == "req_mock_err"
+        assert e.response.headers.get("x-ratelimit-remaining-requests") == "0"
 
 
 # --------------------------------------------------------------------------- cross-format text

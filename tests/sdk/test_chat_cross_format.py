@@ -276,6 +276,12 @@ def test_chat_upstream_error_translated(oclient, multi_upstream, marker, model, 
     body = e.response.json()
     assert isinstance(body.get("error"), dict), f"not an OpenAI error body: {body}"
     assert upstream_msg in (body["error"].get("message") or ""), body
+    if model.startswith("claude-"):
+        # The Anthropic provider's back-off hint and request id survive translation.
+        assert e.response.headers.get("retry-after") == "7", dict(e.response.headers)
+        assert e.response.headers.get("retry-after-ms") == "7000"
+        assert e.response.headers.get("request-id") == "req_mock_err"
+        assert e.response.headers.get("anthropic-ratelimit-requests-remaining") == "0"
 
 
 @pytest.mark.parametrize(
