@@ -8,7 +8,9 @@ use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use common::fault::{ANTHROPIC_ERROR_BODY, FaultEvent, FaultUpstream, OPENAI_ERROR_BODY};
+use common::fault::{
+    ANTHROPIC_ERROR_BODY, FaultEvent, FaultUpstream, OPENAI_ERROR_BODY, sse_odd_body,
+};
 use common::*;
 
 const CHAT: &str = "/v1/chat/completions";
@@ -484,6 +486,31 @@ fn defect6_keepalives_can_be_turned_off() {
 // ---------------------------------------------------------------------------
 
 #[test]
+fn e1_connection_refused_is_a_502_in_the_clients_error_shape() {
+    // A port nobody listens on: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = basic_config(
+        &format!("http://127.0.0.1:{port}/v1"),
+        "[[routers]]\ntype = \"fallback\"\n",
+    );
+    let router = Router::start("f-e1", &text);
+    let r = post(&router, CHAT, &chat("echo", "tok", false), &[]);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"]["code"], "upstream_connect_failed");
+    let r = post(&router, MESSAGES, &anthropic("echo", "tok", false), &[]);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["type"], "error");
+    assert_eq!(r.json()["error"]["type"], "api_error");
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
+    assert_eq!(statuses(&router, 2), [502, 502]);
+}
+
+#[test]
 fn e2_connect_that_hangs_is_a_502_after_the_connect_timeout() {
     // A listener whose accept queue is full and never drained: SYNs are dropped.
     // SAFETY: plain socket calls on a descriptor this test owns.
@@ -638,6 +665,32 @@ fn e15_ndjson_line_over_the_limit_ends_the_stream_with_an_error() {
             .starts_with("upstream_truncated"),
         "{line}"
     );
+}
+
+#[test]
+fn e10_sse_split_at_every_byte_with_odd_line_endings_is_relayed_and_decoded() {
+    let up = FaultUpstream::start();
+    let router = Router::start("f-e10", &config(&up, ""));
+    // Passthrough: the bytes the upstream sent, unchanged.
+    let r = post(&router, CHAT, &chat("sse-odd", "tok", true), &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, sse_odd_body());
+    // Translated: every event decoded, the text whole, a clean end.
+    let r = post(&router, MESSAGES, &anthropic("sse-odd", "tok", true), &[]);
+    assert_eq!(r.status, 200);
+    let body = r.text();
+    let text: String = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|v| v["type"] == "content_block_delta")
+        .map(|v| v["delta"]["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(text, "ABCD", "{body}");
+    assert!(body.contains("event: message_stop"), "{body}");
+    let lines = router.log_lines(2);
+    assert_eq!(lines[0]["response"], "ABCD");
+    assert_eq!(lines[1]["response"], "ABCD");
 }
 
 #[test]

@@ -27,6 +27,7 @@
 //! | `slow-first` | SSE head, silence until release, then two events and `[DONE]` |
 //! | `ndjson-error` | Ollama NDJSON: one content line, then `{"error":"fault: model crashed"}` and a clean end |
 //! | `ndjson-long` | Ollama NDJSON: one line of 17 MiB, no newline |
+//! | `sse-odd` | [`sse_odd_body`] (BOM, a comment, CRLF, CR and LF endings, a multi-line `data:`), one byte per write |
 //! | `cl-te` | a head with both `Content-Length` and `Transfer-Encoding` |
 //! | `close` | reads the request and closes without answering |
 #![allow(dead_code)]
@@ -155,6 +156,27 @@ pub fn chunk_event(content: &str) -> String {
 
 fn chunk(data: &str) -> Vec<u8> {
     format!("{:x}\r\n{data}\r\n", data.len()).into_bytes()
+}
+
+/// An OpenAI chat stream whose text is `ABCD`, written the ways the SSE
+/// grammar allows but few servers use: a leading BOM, a comment line, CRLF,
+/// CR and LF line endings, and one event's JSON split over two `data:` lines.
+pub fn sse_odd_body() -> Vec<u8> {
+    let ev = |content: &str, finish: &str| {
+        format!(
+            r#"{{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{{"index":0,"delta":{{"content":"{content}"}},"finish_reason":{finish}}}]}}"#
+        )
+    };
+    let b = ev("B", "null");
+    let (b1, b2) = b.split_at(b.find("\"choices\"").unwrap());
+    let mut out = b"\xEF\xBB\xBF: a comment line\r\n".to_vec();
+    out.extend_from_slice(format!("data: {}\r\n\r\n", ev("A", "null")).as_bytes());
+    out.extend_from_slice(format!("data: {b1}\ndata: {b2}\n\n").as_bytes());
+    out.extend_from_slice(format!("data: {}\r\r", ev("C", "null")).as_bytes());
+    out.extend_from_slice(format!("data:{}\n\n", ev("D", "null")).as_bytes());
+    out.extend_from_slice(format!("data: {}\n\n", ev("", "\"stop\"")).as_bytes());
+    out.extend_from_slice(b"data: [DONE]\n\n");
+    out
 }
 
 const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -346,6 +368,12 @@ fn serve(
                     return;
                 }
                 true
+            }
+            "sse-odd" => {
+                let mut bytes = SSE_HEAD.to_vec();
+                bytes.extend_from_slice(&chunk(&String::from_utf8(sse_odd_body()).unwrap()));
+                bytes.extend_from_slice(b"0\r\n\r\n");
+                bytes.iter().all(|b| w.write_all(&[*b]).is_ok())
             }
             "cl-te" => w
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
