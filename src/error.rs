@@ -176,6 +176,24 @@ impl RouterError {
         )
     }
 
+    /// The client went away before the response completed: nothing is
+    /// written; the log line says 499 `client_closed`.
+    pub fn client_gone() -> Self {
+        Self::new(
+            Side::Client,
+            499,
+            "client_closed",
+            None,
+            "client_closed: the client disconnected before the response completed".to_string(),
+        )
+        .closing()
+    }
+
+    /// Whether this is [`RouterError::client_gone`] (no response is written).
+    pub fn is_client_gone(&self) -> bool {
+        self.status == 499
+    }
+
     pub fn unsupported(message: impl Into<String>) -> Self {
         Self::new(
             Side::Internal,

@@ -24,6 +24,7 @@ pub mod http;
 pub mod json;
 pub mod mock;
 pub mod observe;
+pub mod plugins;
 pub mod route;
 pub mod runtime;
 pub mod sse;

@@ -4,7 +4,13 @@
 //! accepted it; nothing on the request path takes a lock.
 
 mod conn;
-mod pipeline;
+mod ctx;
+mod exchange;
+mod lifecycle;
+mod parse;
+mod relay;
+mod request;
+mod respond;
 mod translate;
 mod watch;
 
