@@ -65,6 +65,21 @@ pub(crate) fn build(
     let (keyword_tags, classifiers) = classifiers(doc, raw.classifiers, &mut warnings)?;
     let response_classifiers = response_classifiers(doc, raw.response_classifiers)?;
     let plugins = plugins(doc, raw.plugins, &names)?;
+    // Accepted for compatibility, not acted on by this build: said at startup.
+    if telemetry.enabled {
+        warnings.push(
+            "[telemetry] enabled = true is accepted but not acted on by this build: \
+             nothing is exported over OTLP and `trace_id` stays null"
+                .to_owned(),
+        );
+    }
+    if server.dashboard {
+        warnings.push(
+            "[server] dashboard = true is accepted but not acted on by this build: \
+             /dashboard and /dashboard/events answer 404"
+                .to_owned(),
+        );
+    }
     Ok(Config {
         source: doc.source().to_owned(),
         server,
