@@ -120,12 +120,10 @@ pub fn activate(
         .collect();
     enabled.sort_by_key(|(id, _)| id.order());
     for (id, c) in enabled {
-        let settings = c
-            .settings
-            .iter()
-            .filter_map(|(k, v)| toml_to_json(v).map(|v| (k.clone(), v)))
-            .collect();
-        active.push(Active { id, settings });
+        active.push(Active {
+            id,
+            settings: config_settings(c),
+        });
     }
     for (r, id) in requested.iter().zip(ids) {
         match active.iter_mut().find(|a| a.id == id) {
@@ -134,17 +132,30 @@ pub fn activate(
                     a.settings.insert(k.clone(), v.clone());
                 }
             }
-            None => active.push(Active {
-                id,
-                settings: r.settings.clone(),
-            }),
+            None => {
+                // Not enabled in config: the config's table (if any) still
+                // gives the defaults that the request's keys override.
+                let mut settings = config
+                    .iter()
+                    .find(|c| PluginId::parse(&c.id) == Some(id))
+                    .map(config_settings)
+                    .unwrap_or_default();
+                for (k, v) in &r.settings {
+                    settings.insert(k.clone(), v.clone());
+                }
+                active.push(Active { id, settings });
+            }
         }
     }
     Ok(active)
 }
 
-fn toml_to_json(v: &toml::Value) -> Option<Value> {
-    serde_json::to_value(v).ok()
+/// A config table's settings (every key but `enabled`) as JSON values.
+fn config_settings(c: &PluginConfig) -> Map<String, Value> {
+    c.settings
+        .iter()
+        .filter_map(|(k, v)| serde_json::to_value(v).ok().map(|v| (k.clone(), v)))
+        .collect()
 }
 
 /// What a hook asks of the lifecycle.
