@@ -1,4 +1,5 @@
 //! Endpoints other than the chat path, auth, the CLI, and config errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Upstream faults, with the fault-injection upstream (`common/fault.rs`):
 //! each test names the defect of issue 7 it guards against and/or its case id
 //! in `shared/research/reliability.md` §4 (E = upstream faults, D = bodies).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Cross-format and same-format routes for every client format
 //! (chat completions, Anthropic Messages, Responses), against fake
 //! upstreams speaking OpenAI chat, Anthropic and Ollama's native API.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! §2 and checklist A/B): every rejection answers with the right status in
 //! the OpenAI error shape, closes the connection, never reaches the
 //! upstream, and leaves a log line.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
 mod common;
 

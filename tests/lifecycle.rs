@@ -3,6 +3,7 @@
 //! plugin), the built-ins (`pareto-router`, `web`, `pdf`), the refusal
 //! classifier on streams, and exactly one log line per request whatever
 //! happened.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
 mod common;
 

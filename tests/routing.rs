@@ -2,6 +2,7 @@
 //! says, seen in `X-Router-Provider` / `X-Router-Model` and the log line.
 //! Providers are built-in mocks (no network) except for `discover`, which
 //! needs an Ollama-style upstream answering `GET /api/tags`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
 mod common;
 

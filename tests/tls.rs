@@ -3,6 +3,7 @@
 //!
 //! The server side is plain blocking rustls on a std thread; the client side
 //! runs on a monoio runtime, as the workers do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Test harness: the router binary started on a config written to a temp
 //! dir (port 0, address read from its startup line), an in-process mock
 //! upstream that records what it receives, and a raw HTTP/1.1 client.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
