@@ -60,7 +60,10 @@ fn embedded_default_parses() {
     assert_eq!(cfg.source, "<embedded default>");
     assert_eq!(cfg.server.host, "127.0.0.1");
     assert_eq!(cfg.server.port, 8090);
-    assert!(!cfg.server.dashboard, "no dashboard in this build: the default does not claim one");
+    assert!(
+        !cfg.server.dashboard,
+        "no dashboard in this build: the default does not claim one"
+    );
     assert!(cfg.logging.enabled);
     assert_eq!(cfg.logging.path, PathBuf::from("logs/requests.jsonl"));
     let names: Vec<&str> = cfg.providers.iter().map(|p| p.name.as_str()).collect();
@@ -91,8 +94,16 @@ fn inert_keys_are_startup_warnings() {
         "[server]\ndashboard = true\n[telemetry]\nenabled = true\n{PROVIDERS}"
     ));
     assert_eq!(cfg.warnings.len(), 2, "{:?}", cfg.warnings);
-    assert!(cfg.warnings.iter().any(|w| w.starts_with("[telemetry] enabled = true")));
-    assert!(cfg.warnings.iter().any(|w| w.starts_with("[server] dashboard = true")));
+    assert!(
+        cfg.warnings
+            .iter()
+            .any(|w| w.starts_with("[telemetry] enabled = true"))
+    );
+    assert!(
+        cfg.warnings
+            .iter()
+            .any(|w| w.starts_with("[server] dashboard = true"))
+    );
     let quiet = ok(&format!("[telemetry]\nenabled = false\n{PROVIDERS}"));
     assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
 }
