@@ -4,8 +4,8 @@
 
 use std::fmt::Write;
 
+use super::Rule;
 use super::{Config, Provider, ProviderFormat};
-use crate::route::Rule;
 
 /// Renders `cfg` for `opensourcellmrouter check`. The last line is
 /// `config OK (<source>)`, newline-terminated.

@@ -14,12 +14,11 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::route::Rule;
-
 mod describe;
 mod dotenv;
 mod locate;
 pub mod raw;
+mod rule;
 mod url;
 mod validate;
 
@@ -28,6 +27,7 @@ mod tests;
 
 pub use describe::describe;
 pub use dotenv::{load_dotenv, parse_dotenv};
+pub use rule::Rule;
 
 /// The configuration used when no config file exists (SPEC §9): loopback
 /// :8090, dashboard and logging on, the keyword classifier, and providers for

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+use super::Rule;
 use super::locate::{Doc, Seg, doc_path};
 use super::raw::{self, RawConfig, RawPlugin, RawProvider, RawRule};
 use super::url::parse_base_url;
@@ -12,7 +13,6 @@ use super::{
     ClassifierConfig, Config, ConfigError, LoggingConfig, PluginConfig, Provider, ProviderFormat,
     Scheme, ServerConfig, TelemetryConfig,
 };
-use crate::route::Rule;
 
 // Defaults of the original router's keys (SPEC §3).
 pub(crate) const DEFAULT_HOST: &str = "127.0.0.1";

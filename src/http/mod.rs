@@ -51,7 +51,7 @@ pub use response::{
 };
 pub use write::{
     LAST_CHUNK, reason_phrase, write_chunk, write_chunk_header, write_content_length, write_header,
-    write_status_line,
+    write_header_u64, write_status_line,
 };
 
 /// Limits for head parsing.

@@ -78,6 +78,14 @@ pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `<name>: <decimal n>\r\n` (no allocation).
+pub fn write_header_u64(out: &mut Vec<u8>, name: &[u8], n: u64) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    push_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Appends `content-length: <n>\r\n`.
 pub fn write_content_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");

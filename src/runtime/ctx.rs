@@ -133,26 +133,13 @@ impl<'a> Ctx<'a> {
         if let Some(m) = &self.sent_model {
             http::write_header(out, b"x-router-model", m.as_bytes());
         }
-        let mut n = [0u8; 20];
         if let Some(t) = self.input_tokens {
-            http::write_header(
-                out,
-                b"x-router-input-tokens",
-                super::respond::fmt_u64(t, &mut n),
-            );
+            http::write_header_u64(out, b"x-router-input-tokens", t);
         }
         if let Some(t) = self.output_tokens {
-            http::write_header(
-                out,
-                b"x-router-output-tokens",
-                super::respond::fmt_u64(t, &mut n),
-            );
+            http::write_header_u64(out, b"x-router-output-tokens", t);
         }
-        http::write_header(
-            out,
-            b"x-router-overhead-us",
-            super::respond::fmt_u64(self.overhead_us, &mut n),
-        );
+        http::write_header_u64(out, b"x-router-overhead-us", self.overhead_us);
     }
 
     /// Serialize the log line (SPEC §7) and queue it. Called once per

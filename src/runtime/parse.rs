@@ -8,7 +8,6 @@ use std::ops::Range;
 
 use super::Core;
 use super::request::Request;
-use super::respond::fmt_u64;
 use super::translate;
 use crate::classify::TagSet;
 use crate::error::RouterError;
@@ -380,8 +379,7 @@ pub fn build_upstream_request(
         }
         (None, None) => client_body,
     };
-    let mut n = [0u8; 20];
-    http::write_header(out, b"content-length", fmt_u64(body.len() as u64, &mut n));
+    http::write_content_length(out, body.len() as u64);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
 }

@@ -61,26 +61,11 @@ pub fn simple(
 
 /// `content-length`, `connection: close` when closing, and the blank line.
 pub fn length_and_close(out: &mut Vec<u8>, len: usize, close: bool) {
-    let mut n = [0u8; 20];
-    http::write_header(out, b"content-length", fmt_u64(len as u64, &mut n));
+    http::write_content_length(out, len as u64);
     if close {
         http::write_header(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// Decimal digits of `v` in `buf`.
-pub fn fmt_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 /// The framing fields and the blank line: `Content-Length` when `len` is
