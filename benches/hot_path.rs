@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the request path's CPU work, through the crate's public API
-//! (issue 3, deliverable 2; what each group measures and the figures: `docs/benches.md`).
+//! (what each group measures and the figures: `docs/benches.md`).
 //!
 //! - `head`: `http::parse_request_head` on an OpenAI-SDK and a Claude-Code request head.
 //! - `json`: `json::parse_chat_request` (simd-json) against `serde_json` baselines that

@@ -13,7 +13,7 @@
 //! - [`observe`]: the JSONL log writer thread.
 //! - [`runtime`]: workers (one monoio runtime per core), per-core state, the
 //!   connection loop and the request pipeline.
-//! - [`mock`]: the built-in `mock` provider (SPEC §9).
+//! - [`mock`]: the built-in `mock` provider (docs/providers.md, "mock").
 
 pub mod classify;
 pub mod config;

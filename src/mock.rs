@@ -1,4 +1,4 @@
-//! The built-in `mock` provider (SPEC §9): answers inside the router, with no
+//! The built-in `mock` provider (docs/providers.md, "mock"): answers inside the router, with no
 //! network, in the caller's wire format. Its text and usage are
 //! deterministic; `latency_ms` delays the first byte and
 //! `throughput_tokens_per_sec` paces the streamed tokens.

@@ -1,6 +1,7 @@
 //! Upstream faults, with the fault-injection upstream (`common/fault.rs`):
-//! each test names the defect of issue 7 it guards against and/or its case id
-//! in `shared/research/reliability.md` §4 (E = upstream faults, D = bodies).
+//! each test names its case in `docs/reliability.md` — a checklist id (E =
+//! upstream faults, D = bodies) and/or the upstream-exchange defect (1–6 of
+//! "Upstream-exchange defects") it guards against (`defectN_…`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
 mod common;

@@ -1,4 +1,4 @@
-//! HTTP/1.1 framing at the edge, sent as raw bytes (research/reliability.md
+//! HTTP/1.1 framing at the edge, sent as raw bytes (docs/reliability.md
 //! §2 and checklist A/B): every rejection answers with the right status in
 //! the OpenAI error shape, closes the connection, never reaches the
 //! upstream, and leaves a log line.

@@ -534,3 +534,124 @@ fn exactly_one_log_line_per_request_whatever_happened() {
         expected.len() + 1
     );
 }
+
+fn completion_with(content: &str, tool_args: Option<&str>) -> String {
+    let content = serde_json::to_string(content).unwrap();
+    let calls = match tool_args {
+        Some(a) => format!(
+            r#","tool_calls":[{{"id":"call_1","type":"function","function":{{"name":"get_weather","arguments":{}}}}}]"#,
+            serde_json::to_string(a).unwrap()
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"{{"id":"chatcmpl-h","object":"chat.completion","created":1,"model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":{content}{calls}}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}}}"#
+    )
+}
+
+#[test]
+fn response_healing_repairs_json_replies_and_tool_arguments_and_leaves_the_rest() {
+    let up = Upstream::start();
+    let config = basic_config(
+        &up.base_url(),
+        "[plugins.response-healing]\nenabled = true\n\n[[routers]]\ntype = \"fallback\"\n",
+    );
+    let router = Router::start("healing", &config);
+    let chat = r#"{"model":"m","messages":[{"role":"user","content":"json please"}]}"#;
+    let anthropic =
+        r#"{"model":"m","max_tokens":64,"messages":[{"role":"user","content":"json please"}]}"#;
+    let parsed = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
+
+    // A fenced reply with a trailing comma, same format: repaired.
+    up.push(json_reply(
+        200,
+        &completion_with("```json\n{\"a\": 1, \"b\": [1, 2,],}\n```", None),
+    ));
+    let r = post(&router, "/v1/chat/completions", chat, &[]);
+    let content = r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        parsed(&content),
+        Some(serde_json::json!({"a": 1, "b": [1, 2]})),
+        "{content}"
+    );
+
+    // Truncated tool-call arguments: repaired into an object.
+    up.push(json_reply(
+        200,
+        &completion_with("", Some("{\"city\": \"Paris")),
+    ));
+    let r = post(&router, "/v1/chat/completions", chat, &[]);
+    let args = r.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        parsed(&args),
+        Some(serde_json::json!({"city": "Paris"})),
+        "{args}"
+    );
+
+    // Prose and valid JSON: the provider's bytes, unchanged.
+    for content in ["Sure — here is a haiku about rivers.", "{\"ok\": true}"] {
+        let body = completion_with(content, None);
+        up.push(json_reply(200, &body));
+        let r = post(&router, "/v1/chat/completions", chat, &[]);
+        assert_eq!(r.text(), body, "untouched");
+    }
+
+    // Cross-format (Anthropic client): the translated text is repaired too.
+    up.push(json_reply(
+        200,
+        &completion_with("Here you go: {'name': 'Ada', tags: ['x',]} Enjoy!", None),
+    ));
+    let r = post(&router, "/v1/messages", anthropic, &[]);
+    let text = r.json()["content"][0]["text"].as_str().unwrap().to_string();
+    assert_eq!(
+        parsed(&text),
+        Some(serde_json::json!({"name": "Ada", "tags": ["x"]})),
+        "{text}"
+    );
+
+    // An error reply is never touched.
+    up.push(json_reply(
+        500,
+        "{\"error\":{\"message\":\"```json {,}```\"}}",
+    ));
+    let r = post(&router, "/v1/chat/completions", chat, &[]);
+    assert_eq!(r.status, 500);
+    assert_eq!(r.text(), "{\"error\":{\"message\":\"```json {,}```\"}}");
+
+    // A stream is not changed; the log line says what a repair would have done.
+    up.push(sse_reply(&[
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"{\\\"a\\\": 1,\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"}\"},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: [DONE]\n\n",
+    ]));
+    let r = post(
+        &router,
+        "/v1/chat/completions",
+        r#"{"model":"m","messages":[{"role":"user","content":"json please"}],"stream":true}"#,
+        &[],
+    );
+    assert!(
+        r.text().contains("{\\\"a\\\": 1,"),
+        "streamed bytes unchanged"
+    );
+    let lines = router.log_lines(7);
+    assert_eq!(
+        lines[6]["notes"],
+        serde_json::json!([
+            "response-healing: streamed text is not valid JSON; a repair would parse"
+        ])
+    );
+    assert!(
+        lines[0]["notes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("response-healing: repaired 1 text")
+    );
+    assert!(lines[2].get("notes").is_none(), "prose: nothing to say");
+}

@@ -1,4 +1,4 @@
-//! The rule chain end to end: every rule type picks the provider the SPEC
+//! The rule chain end to end: every rule type picks the provider the docs
 //! says, seen in `X-Router-Provider` / `X-Router-Model` and the log line.
 //! Providers are built-in mocks (no network) except for `discover`, which
 //! needs an Ollama-style upstream answering `GET /api/tags`.

@@ -1,6 +1,6 @@
 //! The `keyword` request classifier: tag → keywords, one automaton.
 //!
-//! SPEC §5: "the system prompt and every message's text, lowercased, checked
+//! docs/routing.md: "the system prompt and every message's text, lowercased, checked
 //! for a substring match of any keyword of each tag". Instead of lowercasing
 //! (a copy per request) and running one search per keyword, the snapshot
 //! holds a single ASCII-case-insensitive automaton over all keywords of all

@@ -1,4 +1,4 @@
-//! Classifiers (SPEC §5): request classifiers add tags before routing,
+//! Classifiers (docs/routing.md): request classifiers add tags before routing,
 //! response classifiers tag the reply (also while it streams).
 //!
 //! - [`KeywordClassifier`] (`[classifiers.keyword]`): one Aho-Corasick

@@ -1,4 +1,4 @@
-//! The `refusal` response classifier (SPEC §5): tags a reply `refusal` when
+//! The `refusal` response classifier (docs/routing.md): tags a reply `refusal` when
 //! its text contains one of a list of phrases.
 //!
 //! Streamed replies arrive in chunks, and a phrase may straddle two of them.

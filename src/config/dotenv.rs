@@ -1,5 +1,5 @@
 //! `.env` files: `KEY=VALUE` lines, read from the working directory before the
-//! config so provider keys can live outside the shell (SPEC §3).
+//! config so provider keys can live outside the shell (docs/configuration.md).
 //!
 //! Accepted syntax, one variable per line:
 //!

@@ -1,4 +1,4 @@
-//! Configuration: the TOML file (SPEC §3) is parsed into raw serde structs
+//! Configuration: the TOML file (docs/configuration.md) is parsed into raw serde structs
 //! (`raw.rs`, `deny_unknown_fields`), then validated into the immutable
 //! [`Config`] snapshot every worker builds its per-core state from.
 //!
@@ -29,7 +29,7 @@ pub use describe::describe;
 pub use dotenv::{load_dotenv, parse_dotenv};
 pub use rule::Rule;
 
-/// The configuration used when no config file exists (SPEC §9): loopback
+/// The configuration used when no config file exists (docs/providers.md, "mock"): loopback
 /// :8090, dashboard and logging on, the keyword classifier, and providers for
 /// a local llama-server, Ollama and the built-in mock. See `default.toml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -64,7 +64,7 @@ impl std::error::Error for ConfigError {}
 /// Reads, parses and validates the config file at `path`.
 ///
 /// Environment variables are looked up in the process environment first, then
-/// in `.env` in the current working directory (SPEC §3); the process
+/// in `.env` in the current working directory (docs/configuration.md); the process
 /// environment itself is not modified, so this is safe to call for a reload
 /// while workers run (see [`load_dotenv`] for startup).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -114,7 +114,7 @@ pub enum ProviderFormat {
     OpenAi,
     Anthropic,
     Ollama,
-    /// Built-in provider answering inside the router (SPEC §9).
+    /// Built-in provider answering inside the router (docs/providers.md, "mock").
     Mock,
 }
 

@@ -1,4 +1,4 @@
-//! The config file as written: serde structs mirroring SPEC §3 one to one.
+//! The config file as written: serde structs mirroring docs/configuration.md one to one.
 //!
 //! Every table denies unknown keys, so a typo is an error instead of a
 //! silently different routing. Defaults are *not* applied here: optional keys
@@ -157,7 +157,7 @@ pub struct RawPlugin {
     pub settings: toml::Table,
 }
 
-/// One `[[routers]]` entry, tagged by `type` (SPEC §4).
+/// One `[[routers]]` entry, tagged by `type` (docs/routing.md).
 ///
 /// Each variant wraps its own `deny_unknown_fields` struct, so the set of
 /// keys is checked per rule type. (Error locations inside an internally

@@ -35,7 +35,7 @@ pub(crate) fn parse_base_url(s: &str) -> Result<BaseUrl, String> {
     } else {
         return Err("must start with http:// or https://".to_owned());
     };
-    // A trailing `/` is ignored (SPEC §3).
+    // A trailing `/` is ignored (docs/configuration.md).
     let rest = rest.trim_end_matches('/');
     if rest.contains(['?', '#']) {
         return Err("must not contain a query or fragment".to_owned());

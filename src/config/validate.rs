@@ -14,7 +14,7 @@ use super::{
     Scheme, ServerConfig, TelemetryConfig,
 };
 
-// Defaults of the original router's keys (SPEC §3).
+// Defaults of the original router's keys (docs/configuration.md).
 pub(crate) const DEFAULT_HOST: &str = "127.0.0.1";
 pub(crate) const DEFAULT_PORT: u16 = 8090;
 pub(crate) const DEFAULT_LOG_PATH: &str = "logs/requests.jsonl";

@@ -11,7 +11,7 @@
 //! The router is an edge proxy. Request smuggling happens when two hops read the same bytes
 //! differently, so this module accepts a deliberately narrow subset of RFC 9112 and rejects
 //! everything else with a status and a closed connection (see
-//! `research/reliability.md` §2 and the checklist in §4 A/B):
+//! `docs/reliability.md`, cases A and B):
 //!
 //! - lines end in CRLF only: a bare LF or a bare CR anywhere in a head or in chunk framing is
 //!   an error (the same rule in heads and in chunked bodies, never one lenient and one strict);

@@ -360,7 +360,7 @@ impl Seen {
 
 /// Framing fields get no benefit of the doubt: only SP may surround the value. A tab or
 /// other whitespace there is legal OWS, but it is what obfuscated-TE smuggling payloads
-/// look like and no real client sends it (`research/reliability.md` §4 A4).
+/// look like and no real client sends it (`docs/reliability.md` A4).
 fn framing_value_is_plain(buf: &[u8], raw_value: &Range<usize>) -> Result<(), HeadError> {
     let raw = buf.get(raw_value.clone()).unwrap_or_default();
     if raw.contains(&b'\t') {

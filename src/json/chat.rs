@@ -11,7 +11,7 @@ use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, StaticNode, Tape, fill_
 use super::top::from_structurals;
 use super::{JsonError, MAX_DEPTH, TopLevel, scan_top_level};
 
-/// One entry of the body's `plugins` array (SPEC §5).
+/// One entry of the body's `plugins` array (docs/plugins.md).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PluginRequest {
     pub id: String,

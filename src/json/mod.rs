@@ -5,7 +5,7 @@
 //!   in one structural pass (strings and nested values are skipped, never
 //!   decoded). [`splice_request`] uses those spans to forward the client's bytes
 //!   with only the `model` value replaced and the `plugins` member removed
-//!   (SPEC §6: same-format routes are byte-for-byte except those two).
+//!   (docs/formats.md: same-format routes are byte-for-byte except those two).
 //! - [`parse_chat_request`] validates an OpenAI chat-completions body with
 //!   `simd-json` and extracts everything the pipeline needs (model, stream flag,
 //!   per-request plugins, message texts for the keyword classifier) into a

@@ -1,4 +1,4 @@
-//! Observability: the JSONL request log (SPEC §7).
+//! Observability: the JSONL request log (docs/architecture.md, "The log line").
 //!
 //! Workers serialize each finished request into a line on their own core,
 //! appended to the core's batch buffer ([`CoreLog`]). A per-core flusher task

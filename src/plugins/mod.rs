@@ -1,4 +1,4 @@
-//! Plugins (SPEC §5): four hooks — `on_start`, `pre_request`,
+//! Plugins (docs/plugins.md): four hooks — `on_start`, `pre_request`,
 //! `post_response`, `on_end` — each returning [`Flow::Continue`] or
 //! [`Flow::Stop`], on every client format and on streamed requests too.
 //!

@@ -1,4 +1,4 @@
-//! `pareto-router` (SPEC §5): forces the request to the first provider of a
+//! `pareto-router` (docs/plugins.md): forces the request to the first provider of a
 //! tier, skipping the rule chain. Settings: `tiers = { low = [...], medium =
 //! [...], high = [...] }` (provider names; checked at startup like a rule's
 //! provider list), `default_tier` (default `"medium"`), and per request

@@ -1,4 +1,4 @@
-//! Startup discovery for `discover` rules (SPEC §4): ask each named Ollama
+//! Startup discovery for `discover` rules (docs/routing.md): ask each named Ollama
 //! provider for its models (`GET /api/tags`) and their capabilities
 //! (`POST /api/show`).
 //!

@@ -1,4 +1,4 @@
-//! The rule chain (SPEC §4): an ordered list of [`Rule`]s walked top to bottom;
+//! The rule chain (docs/routing.md): an ordered list of [`Rule`]s walked top to bottom;
 //! the first rule that resolves picks the provider and the model to send.
 //!
 //! Rules refer to providers by index into `Config::providers`; skipped

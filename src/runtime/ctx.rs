@@ -142,7 +142,7 @@ impl<'a> Ctx<'a> {
         http::write_header_u64(out, b"x-router-overhead-us", self.overhead_us);
     }
 
-    /// Serialize the log line (SPEC §7) and queue it. Called once per
+    /// Serialize the log line (docs/architecture.md, "The log line") and queue it. Called once per
     /// request, by the lifecycle's end.
     pub fn log(&self, core: &Core, body: &[u8]) {
         let Some(log) = &core.log else { return };

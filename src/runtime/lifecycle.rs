@@ -711,7 +711,7 @@ async fn answer_early(
     }
 }
 
-/// The built-in mock provider (SPEC §9): a canonical reply, answered like
+/// The built-in mock provider (docs/providers.md, "mock"): a canonical reply, answered like
 /// any other provider's through the client format's encoders, paced by the
 /// provider's `latency_ms` and `throughput_tokens_per_sec`.
 async fn answer_mock(

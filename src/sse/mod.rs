@@ -2,7 +2,7 @@
 //! learns from a relayed OpenAI chat stream.
 //!
 //! The router relays an upstream's bytes to the client as they arrive and
-//! scans the same bytes on the side (DESIGN §2 step 7). Reads cut the stream
+//! scans the same bytes on the side (docs/architecture.md). Reads cut the stream
 //! anywhere (inside a line, between CR and LF, inside the BOM), so
 //! [`SseParser`] is incremental: it keeps the unfinished line and event, and
 //! hands out each complete event, borrowed from the read buffer whenever the

@@ -443,7 +443,7 @@ def wait_for_log_lines(path: Path, n: int, timeout_s: float = 10.0) -> list[dict
     return lines
 
 
-# --------------------------------------------------------------------------- every format (issue 4)
+# --------------------------------------------------------------------------- every format
 #
 # A second mock upstream (multiformat_upstream.py) speaks OpenAI chat, Anthropic Messages and
 # Ollama's native API; a second router, with its own config, routes by model prefix to a provider

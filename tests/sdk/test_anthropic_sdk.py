@@ -1,4 +1,4 @@
-"""The router is a drop-in for the official `anthropic` Python SDK (issue 4; SPEC §2, §3, §6).
+"""The router is a drop-in for the official `anthropic` Python SDK (README.md, docs/configuration.md, docs/formats.md).
 
 `POST /v1/messages` and `/v1/messages/count_tokens` through the `xrouter` fixture to an
 Anthropic-format provider (byte passthrough), an OpenAI-format one and an Ollama one (translated),

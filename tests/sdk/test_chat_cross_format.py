@@ -1,4 +1,4 @@
-"""`POST /v1/chat/completions` with the official `openai` SDK to non-OpenAI providers (issue 4):
+"""`POST /v1/chat/completions` with the official `openai` SDK to non-OpenAI providers:
 `claude-` -> Anthropic Messages, `llama` -> Ollama native. Plain and streaming (include_usage),
 tool calls both ways, structured outputs, errors. Fixtures: conftest.py; upstream:
 multiformat_upstream.py.

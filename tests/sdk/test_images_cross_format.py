@@ -1,4 +1,4 @@
-"""Images cross formats (issue 4 item 3; SPEC §6), sent with the official SDKs: Anthropic image
+"""Images cross formats (docs/formats.md), sent with the official SDKs: Anthropic image
 blocks, OpenAI chat `image_url` parts and Responses `input_image` items each reach an OpenAI,
 Anthropic or Ollama upstream in that provider's own shape. Fixtures: conftest.py."""
 

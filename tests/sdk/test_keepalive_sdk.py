@@ -1,5 +1,5 @@
 """SSE keep-alive comments reach the official SDKs during a silent prefill, and the SDKs
-parse the stream around them (issue 7, reliability.md E9).
+parse the stream around them (docs/reliability.md E9).
 
 A gated upstream sends its stream head at once and its first token only when the test
 releases it; the test releases it after the client's own transport (a tee on the SDK's

@@ -1,4 +1,4 @@
-"""The router is a drop-in for the official `openai` Python SDK (SPEC §2, §6, §7, §9).
+"""The router is a drop-in for the official `openai` Python SDK (README.md, docs/formats.md, docs/architecture.md, docs/providers.md).
 
 Run with `.venv/bin/python -m pytest -q tests/sdk` after `cargo build --bins`
 (scripts/test.sh does both). Fixtures live in conftest.py.

@@ -1,4 +1,4 @@
-"""Reasoning text crosses formats (issue 4 item 3), and Anthropic thinking blocks sent back in the
+"""Reasoning text crosses formats, and Anthropic thinking blocks sent back in the
 history are dropped for non-Anthropic upstreams.
 
 Models containing `think` make the mock upstream reason first: OpenAI-compatible

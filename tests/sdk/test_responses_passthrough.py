@@ -1,5 +1,5 @@
 """Responses -> a Responses-capable OpenAI provider (`responses = true`) is byte passthrough
-(issue 4 item 4; SPEC §6): `gptr-` routes to provider `upr`, which serves `POST {base_url}/responses`."""
+(docs/formats.md): `gptr-` routes to provider `upr`, which serves `POST {base_url}/responses`."""
 
 from __future__ import annotations
 

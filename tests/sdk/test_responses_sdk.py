@@ -1,4 +1,4 @@
-"""`POST /v1/responses` with the official `openai` SDK (issue 4; SPEC §2, §6).
+"""`POST /v1/responses` with the official `openai` SDK (README.md, docs/formats.md).
 
 Provider `up` is an OpenAI-format provider *without* `responses = true`, so `gpt-` requests are
 translated to chat completions; `claude-` goes to Anthropic Messages, `llama` to Ollama, `mock` to

@@ -1,5 +1,5 @@
-"""Router-made errors on the new endpoints use each endpoint's own error shape (issue 4 item 1;
-SPEC §2, §4, §6): Anthropic `{"type":"error","error":{"type","message"}}` on `/v1/messages…`,
+"""Router-made errors on the new endpoints use each endpoint's own error shape (
+README.md, docs/routing.md, docs/formats.md): Anthropic `{"type":"error","error":{"type","message"}}` on `/v1/messages…`,
 OpenAI `{"error":{"message","type","code"}}` on `/v1/responses`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared expectations and checks for the every-format SDK tests (issue 4).
+"""Shared expectations and checks for the every-format SDK tests.
 
 The router under test is the `xrouter` fixture (conftest.py) in front of multiformat_upstream.py:
 model prefix `claude-` -> provider `anth` (anthropic), `gpt-` -> `up` (openai), `llama` -> `oll`
