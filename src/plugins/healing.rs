@@ -15,7 +15,8 @@
 //!
 //! 1. the whole text, when (after leading whitespace) it starts like a JSON
 //!    object or array: `{` followed by a key (`"`, `'`, a bare name and `:`)
-//!    or `}`; `[` followed by a value or `]` (see [`starts_json`]);
+//!    or `}`; `[` followed by a value or `]`; either followed by a comment
+//!    or by the end of the text (a reply cut short);
 //! 2. else the first markdown fence (```` ``` ````) whose language tag is
 //!    empty or starts with `json` and whose body starts with `{` or `[`
 //!    (fences tagged `python` and the like are code, not the answer);
@@ -26,7 +27,7 @@
 //! the candidate and stops; what follows is dropped ("Hope it helps", the
 //! closing fence) unless it starts another value (`{"a":1} {"b":2}`: two
 //! answers, no choice is made, [`Healed::Unrepairable`]). Prose around a
-//! value that holds no string and no key (`[1] shows`, `[ ] todo`, `Values:
+//! value that keeps no string and no key (`[1] shows`, `[ ] todo`, `Values:
 //! [1, 2]`) makes the whole text [`Healed::Prose`]: brackets in prose are
 //! far more often citations and checkboxes than answers. A candidate from a
 //! `json` fence needs no such evidence.
@@ -180,9 +181,8 @@ fn find_candidate(text: &str) -> Option<(&str, Origin)> {
 /// Whether the byte at `p` opens something that reads like a JSON object or
 /// array rather than a bracket in prose: `{` then `"`, `'`, `}` or `name :`;
 /// `[` then a value's first byte, a whole literal, or `]`; either then a
-/// comment. The end of the
-/// text right after (or inside the name or literal) counts: a reply cut
-/// there is truncated JSON.
+/// comment. The end of the text right after (or inside the name or literal)
+/// counts: a reply cut there is truncated JSON.
 fn starts_json(b: &[u8], p: usize) -> bool {
     let Some(&open) = b.get(p) else {
         return false;
@@ -304,7 +304,8 @@ enum Trailing {
 struct Repair {
     /// The repaired JSON (not yet checked by serde_json).
     json: String,
-    /// Whether the value holds at least one string or key: evidence that a
+    /// Whether the repaired value keeps at least one string or key (a key
+    /// dropped with a truncated member does not count): evidence that a
     /// bracketed thing in prose is data.
     has_text: bool,
     trailing: Trailing,
@@ -378,7 +379,6 @@ struct Repairer<'a> {
     /// container of its kind is open below the top.
     objects: usize,
     arrays: usize,
-    has_text: bool,
 }
 
 /// Repairs the JSON value at the start of `candidate` (which must start with
@@ -391,7 +391,6 @@ fn repair(candidate: &str) -> Option<Repair> {
         stack: Vec::new(),
         objects: 0,
         arrays: 0,
-        has_text: false,
     };
     let trailing = match r.run()? {
         Finish::Complete => trailing(r.src, r.pos),
@@ -400,11 +399,14 @@ fn repair(candidate: &str) -> Option<Repair> {
             Trailing::None
         }
     };
+    // Every string and key in the output is double-quoted, and nothing else
+    // in it contains a `"`.
+    let has_text = r.out.contains(&b'"');
     Some(Repair {
         // Never fails: bytes are copied from a `str` in whole characters and
         // everything added is ASCII; checked rather than assumed all the same.
         json: String::from_utf8(r.out).ok()?,
-        has_text: r.has_text,
+        has_text,
         trailing,
     })
 }
@@ -477,7 +479,7 @@ impl Repairer<'_> {
                 (Container::Object, Expect::Colon, b':') => {
                     self.out.push(b':');
                     self.pos += 1;
-                    self.expect(Expect::Value);
+                    self.next_is(Expect::Value);
                 }
                 (Container::Array, Expect::First | Expect::Next, _)
                 | (Container::Object, Expect::Value, _) => {
@@ -491,7 +493,7 @@ impl Repairer<'_> {
     }
 
     /// Sets what the innermost container expects next.
-    fn expect(&mut self, e: Expect) {
+    fn next_is(&mut self, e: Expect) {
         if let Some(top) = self.stack.last_mut() {
             top.expect = e;
         }
@@ -580,12 +582,11 @@ impl Repairer<'_> {
     /// A key where an object expects one. `Some(finish)` when the input
     /// ended inside it.
     fn key(&mut self, c: u8) -> Option<Option<Finish>> {
-        self.has_text = true;
         if matches!(c, b'"' | b'\'') {
             self.pos += 1;
             return Some(match self.string(c) {
                 StrEnd::Closed => {
-                    self.expect(Expect::Colon);
+                    self.next_is(Expect::Colon);
                     None
                 }
                 StrEnd::Truncated => Some(Finish::Truncated { partial: true }),
@@ -603,7 +604,7 @@ impl Repairer<'_> {
         self.out.extend_from_slice(name);
         self.out.push(b'"');
         self.pos = end;
-        self.expect(Expect::Colon);
+        self.next_is(Expect::Colon);
         Some(None)
     }
 
@@ -612,16 +613,15 @@ impl Repairer<'_> {
     fn value(&mut self, c: u8) -> Option<Option<Finish>> {
         match c {
             b'{' | b'[' => {
-                self.expect(Expect::CommaOrClose);
+                self.next_is(Expect::CommaOrClose);
                 self.pos += 1;
                 self.open(c)?;
                 Some(None)
             }
             b'"' | b'\'' => {
-                self.has_text = true;
                 self.pos += 1;
                 let end = self.string(c);
-                self.expect(Expect::CommaOrClose);
+                self.next_is(Expect::CommaOrClose);
                 Some(match end {
                     StrEnd::Closed => None,
                     StrEnd::Truncated => Some(Finish::Truncated { partial: false }),
@@ -635,7 +635,7 @@ impl Repairer<'_> {
                 if is_json_number(token) {
                     self.out.extend_from_slice(token);
                     self.pos = end;
-                    self.expect(Expect::CommaOrClose);
+                    self.next_is(Expect::CommaOrClose);
                     Some(None)
                 } else if self.ends_at(end) {
                     Some(Some(Finish::Truncated { partial: true }))
@@ -649,7 +649,7 @@ impl Repairer<'_> {
                 if let Some(lit) = literal(word) {
                     self.out.extend_from_slice(lit);
                     self.pos = end;
-                    self.expect(Expect::CommaOrClose);
+                    self.next_is(Expect::CommaOrClose);
                     Some(None)
                 } else if self.ends_at(end) && is_literal_prefix(word) {
                     Some(Some(Finish::Truncated { partial: true }))
@@ -1027,6 +1027,10 @@ mod tests {
             "{name} is a placeholder.",
             "\"unterminated quote",
             "''''",
+            // Only a key that the truncation drops: nothing is left.
+            "Here it is:\n{'unfinished",
+            "Here it is:\n{\"a\": tr",
+            "x\n{'a x\n{'a x",
         ] {
             prose(text);
         }
@@ -1398,55 +1402,5 @@ mod tests {
             heal(&trailing),
             Healed::Repaired(format!("[1{}]", " ".repeat(MB)))
         );
-    }
-}
-#[cfg(test)]
-mod scratch_timing {
-    use super::*;
-    #[test]
-    fn scratch_timing() {
-        const MB: usize = 1 << 20;
-        let cases: Vec<(&str, String)> = vec![
-            ("1 MB of [", "[".repeat(MB)),
-            ("1 MB of {\"a\":", "{\"a\":".repeat(MB / 5)),
-            ("1 MB of \"", "\"".repeat(MB)),
-            (
-                "wide array",
-                format!("[{}", "{\"a\": [1, 'x'], b: True},".repeat(MB / 26)),
-            ),
-            (
-                "long string w/ escapes",
-                format!("{{\"a\": \"{}", "x\\n\\\"".repeat(MB / 5)),
-            ),
-            ("apostrophes", format!("['{}", "it' s ".repeat(MB / 6))),
-            ("long comment", format!("[1, /*{}", " ".repeat(MB))),
-            (
-                "prose with brackets",
-                format!("x{}", ": [x\n{ ".repeat(MB / 6)),
-            ),
-            ("1 MB of ```json", "```json\n".repeat(MB / 8)),
-            ("1 MB of commas", format!("[1{}", ",".repeat(MB))),
-            (
-                "trailing comma + 1 MB ws",
-                format!("[1,{}]", " ".repeat(MB)),
-            ),
-            ("{ /* { /* ...", "{ /* ".repeat(MB / 5)),
-            ("x\\n{'a ...", "x\n{'a ".repeat(MB / 7)),
-        ];
-        for (name, input) in &cases {
-            let t = std::time::Instant::now();
-            let h = heal(input);
-            let el = t.elapsed();
-            let kind = match h {
-                Healed::Valid => "Valid",
-                Healed::Repaired(_) => "Repaired",
-                Healed::Prose => "Prose",
-                Healed::Unrepairable => "Unrepairable",
-            };
-            eprintln!(
-                "TIMING {name:28} {:>8} bytes  {kind:12} {el:?}",
-                input.len()
-            );
-        }
     }
 }

@@ -33,7 +33,7 @@ pub enum PluginId {
     Pdf,
     /// A test-only plugin whose hooks do what its settings say; known only
     /// when the environment variable `OPENSOURCELLMROUTER_TEST_PLUGINS=1` is
-    /// set at startup (the lifecycle's tests use it). See [`probe`].
+    /// set at startup (the lifecycle's tests use it); see the `probe` module below.
     Probe,
 }
 
