@@ -8,7 +8,7 @@
 //! (EOF/reset → [`RouterError::client_gone`], and the upstream is closed).
 
 use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
@@ -28,9 +28,6 @@ const MAX_UPSTREAM_HEAD: usize = 64 << 10;
 pub struct Reply {
     pub up: Conn,
     pub head: ResponseHead,
-    /// When the (last attempt's) request had been written: the router's
-    /// share of the latency ends here.
-    pub sent: Instant,
 }
 
 /// Send `up_req` to provider `pidx` and read until the final response head
@@ -77,7 +74,6 @@ pub async fn send(
         };
         let (r, buf) = up.write_all(std::mem::take(up_req)).await;
         *up_req = buf;
-        let sent = Instant::now();
         if let Err(e) = r {
             if reused && !retried {
                 retried = true;
@@ -131,7 +127,7 @@ pub async fn send(
                                 continue 'attempt;
                             }
                             Ok(Some(head)) if head.status >= 200 => {
-                                return Ok(Reply { up, head, sent });
+                                return Ok(Reply { up, head });
                             }
                             Ok(Some(h)) => {
                                 resp.drain(..h.head_len);

@@ -482,7 +482,6 @@ async fn upstream_call(
     // (connecting is the upstream's).
     ctx.overhead_us = (built - req.t0).as_micros() as u64;
     let mut reply = sent?;
-    let _ = reply.sent;
     let head = reply.head.clone();
     let t_head = Instant::now();
     ctx.ttft_ms = Some(ms(t_head - req.t0));
