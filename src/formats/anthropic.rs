@@ -8,7 +8,8 @@
 //!
 //! `system` (a string or text blocks, joined with a blank line), `messages`
 //! (string or block content: `text`, `image` base64/url, `tool_use`,
-//! `tool_result`, `thinking`), `tools`, `tool_choice`
+//! `tool_result`, `thinking`, and as text: `document` blocks with a text
+//! source, `search_result` blocks), `tools`, `tool_choice`
 //! (`disable_parallel_tool_use` → `parallel_tool_calls: false`),
 //! `max_tokens`, `stop_sequences`, `temperature`, `top_p`, `stream`, and
 //! `output_config.format` (or the older beta `output_format`) of type
@@ -17,6 +18,14 @@
 //! of the turn; images inside a `tool_result` (Claude Code's `Read` of a
 //! picture) move to that user message, since no other format carries images
 //! in a tool result.
+//!
+//! Mid-conversation system turns (`{"role": "system", "content": …}` in
+//! `messages`; string or text blocks) become [`Role::System`] messages where
+//! they stand; one before any other turn joins the system prompt instead. A
+//! turn with `clear_at: "next_user_message"` that a later user turn follows
+//! is no longer shown to the model, so it is left out; its per-turn
+//! `output_config` is dropped like the top-level one. Errors name the place:
+//! `messages.3.content.1: …`.
 //!
 //! Dropped, because this parser only serves cross-format routes (Anthropic →
 //! Anthropic is byte passthrough) and non-Anthropic upstreams reject or
@@ -27,7 +36,8 @@
 //! (encrypted, only Anthropic can read them), Anthropic server-side tools
 //! (`{type: "web_search_…"}` and other versioned tool types) and the
 //! `server_tool_use` / `*_tool_result` blocks they leave in assistant turns.
-//! Other block types (`document`, `search_result`, file sources, …) have no
+//! Other block types and sources (PDF and file `document`s, file image
+//! sources, the tool changes of `mid-conversation-tool-changes`, …) have no
 //! equivalent: the request fails with a [`FormatError`] naming them rather
 //! than silently losing what the user sent.
 //!
@@ -43,8 +53,10 @@
 //! `data:` image URLs become base64 sources. `temperature` is clamped to
 //! Anthropic's 0–1 range, and `top_p` is left out when `temperature` is set
 //! (recent Claude models reject both). Reasoning without a signature is
-//! dropped (Anthropic rejects unsigned thinking blocks). `JsonObject` output
-//! has no native equivalent: an instruction is appended to the system prompt.
+//! dropped (Anthropic rejects unsigned thinking blocks). [`Role::System`]
+//! turns are appended to the top-level `system` (see `system_prompt` for
+//! why). `JsonObject` output has no native equivalent: an instruction is
+//! appended to the system prompt.
 //!
 //! # Streams
 //!
@@ -150,8 +162,9 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, FormatError> {
         serde_json::from_slice(body).map_err(|e| err(format!("invalid JSON body: {e}")))?;
     let obj = as_object(&root, "the request body")?;
 
+    let mut system: Vec<String> = parse_system(field(obj, "system"))?.into_iter().collect();
     let messages = match field(obj, "messages") {
-        Some(Value::Array(items)) => parse_messages(items)?,
+        Some(Value::Array(items)) => parse_messages(items, &mut system)?,
         Some(_) => return Err(err("`messages` must be an array")),
         None => return Err(err("`messages` is required")),
     };
@@ -180,7 +193,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, FormatError> {
 
     Ok(ChatRequest {
         model: opt_str(obj, "model")?.unwrap_or_default().to_owned(),
-        system: parse_system(field(obj, "system"))?,
+        system: (!system.is_empty()).then(|| system.join("\n\n")),
         messages,
         tools,
         tool_choice,
@@ -218,23 +231,85 @@ fn parse_system(v: Option<&Value>) -> Result<Option<String>, FormatError> {
     Ok((!text.is_empty()).then_some(text))
 }
 
-fn parse_messages(items: &[Value]) -> Result<Vec<Message>, FormatError> {
+/// `messages`. System turns before any other turn extend `system` (the
+/// top-level prompt); later ones stay in place as [`Role::System`] messages.
+fn parse_messages(items: &[Value], system: &mut Vec<String>) -> Result<Vec<Message>, FormatError> {
     let mut out = Vec::with_capacity(items.len() + 4);
+    // A system turn with `clear_at: "next_user_message"` is shown to the
+    // model only until a later user turn exists.
+    let last_user = items
+        .iter()
+        .rposition(|m| m.get("role").and_then(Value::as_str) == Some("user"));
     for (i, item) in items.iter().enumerate() {
         let m = as_object(item, "a message")?;
         let role = req_str(m, "role", "a message")?;
-        let content = field(m, "content")
-            .ok_or_else(|| err(format!("messages.{i}: `content` is required")))?;
+        let content = field(m, "content");
+        if role == "system" {
+            let cleared = opt_str(m, "clear_at")
+                .map_err(|e| located(&format!("messages.{i}"), e))?
+                == Some("next_user_message")
+                && last_user.is_some_and(|u| u > i);
+            let text =
+                parse_system_turn(content).map_err(|e| located(&format!("messages.{i}"), e))?;
+            if cleared || text.is_empty() {
+                continue;
+            }
+            if out.is_empty() {
+                system.push(text);
+            } else {
+                out.push(Message {
+                    role: Role::System,
+                    parts: vec![Part::Text(text)],
+                });
+            }
+            continue;
+        }
+        let content = content.ok_or_else(|| err(format!("messages.{i}: `content` is required")))?;
         let r = match role {
             "user" => parse_user_turn(content, &mut out),
             "assistant" => parse_assistant_turn(content, &mut out),
             other => Err(err(format!(
-                "unknown role `{other}` (expected user or assistant)"
+                "unknown role `{other}` (expected user, assistant or system)"
             ))),
         };
-        r.map_err(|e| err(format!("messages.{i}: {}", e.0)))?;
+        r.map_err(|e| located(&format!("messages.{i}"), e))?;
     }
     Ok(out)
+}
+
+/// `e` located at `path`: `path.content.3: …` when `e` already names a
+/// place inside (`content.3: …`), else `path: …`.
+fn located(path: &str, e: FormatError) -> FormatError {
+    if e.0.starts_with("content.") {
+        err(format!("{path}.{}", e.0))
+    } else {
+        err(format!("{path}: {}", e.0))
+    }
+}
+
+/// A mid-conversation system turn's content: a string or text blocks (joined
+/// with a blank line). Its `output_config` (per-turn effort) is dropped like
+/// the top-level one; the tool changes of the `mid-conversation-tool-changes`
+/// beta cannot be expressed elsewhere.
+fn parse_system_turn(content: Option<&Value>) -> Result<String, FormatError> {
+    let blocks = match content {
+        None => return Ok(String::new()),
+        Some(Value::String(s)) => return Ok(s.clone()),
+        Some(c) => content_blocks(c)?,
+    };
+    let mut texts = Vec::with_capacity(blocks.len());
+    for (k, block) in blocks.iter().enumerate() {
+        let b = as_object(block, "a content block")?;
+        let text = match block_type(b, "a content block")? {
+            "text" => req_str(b, "text", "a text block"),
+            other => Err(err(format!(
+                "system turn block type `{other}` cannot be translated for this provider \
+                 (text only)"
+            ))),
+        };
+        texts.push(text.map_err(|e| located(&format!("content.{k}"), e))?);
+    }
+    Ok(texts.join("\n\n"))
 }
 
 fn content_blocks(content: &Value) -> Result<&[Value], FormatError> {
@@ -256,29 +331,9 @@ fn parse_user_turn(content: &Value, out: &mut Vec<Message>) -> Result<(), Format
     }
     let mut parts = Vec::new();
     let mut moved_images = Vec::new();
-    for block in content_blocks(content)? {
-        let b = as_object(block, "a content block")?;
-        match block_type(b, "a content block")? {
-            "text" => parts.push(Part::Text(req_str(b, "text", "a text block")?.to_owned())),
-            "image" => parts.push(Part::Image(parse_image(b)?)),
-            "tool_result" => {
-                let call_id = req_str(b, "tool_use_id", "a tool_result block")?.to_owned();
-                let (content, images) = parse_tool_result_content(field(b, "content"))?;
-                moved_images.extend(images);
-                let is_error = opt_bool(b, "is_error")?.unwrap_or(false);
-                out.push(Message {
-                    role: Role::Tool,
-                    parts: vec![Part::ToolResult {
-                        call_id,
-                        content,
-                        is_error,
-                    }],
-                });
-            }
-            // Never valid in a user turn; nothing to carry over.
-            "thinking" | "redacted_thinking" => {}
-            other => return Err(unsupported_block(other)),
-        }
+    for (k, block) in content_blocks(content)?.iter().enumerate() {
+        parse_user_block(block, &mut parts, &mut moved_images, out)
+            .map_err(|e| located(&format!("content.{k}"), e))?;
     }
     if !moved_images.is_empty() {
         moved_images.append(&mut parts);
@@ -293,6 +348,41 @@ fn parse_user_turn(content: &Value, out: &mut Vec<Message>) -> Result<(), Format
     Ok(())
 }
 
+/// One block of a user turn: a tool result becomes its own `Tool` message in
+/// `out` (its images go to `moved_images`), anything else joins `parts`.
+fn parse_user_block(
+    block: &Value,
+    parts: &mut Vec<Part>,
+    moved_images: &mut Vec<Part>,
+    out: &mut Vec<Message>,
+) -> Result<(), FormatError> {
+    let b = as_object(block, "a content block")?;
+    match block_type(b, "a content block")? {
+        "text" => parts.push(Part::Text(req_str(b, "text", "a text block")?.to_owned())),
+        "image" => parts.push(Part::Image(parse_image(b)?)),
+        "document" => parts.push(Part::Text(document_text(b)?)),
+        "search_result" => parts.push(Part::Text(search_result_text(b)?)),
+        "tool_result" => {
+            let call_id = req_str(b, "tool_use_id", "a tool_result block")?.to_owned();
+            let (content, images) = parse_tool_result_content(field(b, "content"))?;
+            moved_images.extend(images);
+            let is_error = opt_bool(b, "is_error")?.unwrap_or(false);
+            out.push(Message {
+                role: Role::Tool,
+                parts: vec![Part::ToolResult {
+                    call_id,
+                    content,
+                    is_error,
+                }],
+            });
+        }
+        // Never valid in a user turn; nothing to carry over.
+        "thinking" | "redacted_thinking" => {}
+        other => return Err(unsupported_block(other)),
+    }
+    Ok(())
+}
+
 fn parse_assistant_turn(content: &Value, out: &mut Vec<Message>) -> Result<(), FormatError> {
     if let Value::String(s) = content {
         out.push(Message {
@@ -302,33 +392,39 @@ fn parse_assistant_turn(content: &Value, out: &mut Vec<Message>) -> Result<(), F
         return Ok(());
     }
     let mut parts = Vec::new();
-    for block in content_blocks(content)? {
-        let b = as_object(block, "a content block")?;
-        match block_type(b, "a content block")? {
-            "text" => parts.push(Part::Text(req_str(b, "text", "a text block")?.to_owned())),
-            "tool_use" => parts.push(Part::ToolCall {
-                id: req_str(b, "id", "a tool_use block")?.to_owned(),
-                name: req_str(b, "name", "a tool_use block")?.to_owned(),
-                arguments: field(b, "input").map_or_else(|| "{}".to_owned(), json_text),
-            }),
-            "thinking" => parts.push(Part::Reasoning {
-                text: opt_str(b, "thinking")?.unwrap_or_default().to_owned(),
-                signature: opt_str(b, "signature")?
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned),
-            }),
-            // Encrypted (only Anthropic reads it) and traces of Anthropic's
-            // server-side tools: nothing another provider can use.
-            "redacted_thinking" | "server_tool_use" => {}
-            t if t.ends_with("_tool_result") => {}
-            other => return Err(unsupported_block(other)),
-        }
+    for (k, block) in content_blocks(content)?.iter().enumerate() {
+        parse_assistant_block(block, &mut parts)
+            .map_err(|e| located(&format!("content.{k}"), e))?;
     }
     if !parts.is_empty() {
         out.push(Message {
             role: Role::Assistant,
             parts,
         });
+    }
+    Ok(())
+}
+
+fn parse_assistant_block(block: &Value, parts: &mut Vec<Part>) -> Result<(), FormatError> {
+    let b = as_object(block, "a content block")?;
+    match block_type(b, "a content block")? {
+        "text" => parts.push(Part::Text(req_str(b, "text", "a text block")?.to_owned())),
+        "tool_use" => parts.push(Part::ToolCall {
+            id: req_str(b, "id", "a tool_use block")?.to_owned(),
+            name: req_str(b, "name", "a tool_use block")?.to_owned(),
+            arguments: field(b, "input").map_or_else(|| "{}".to_owned(), json_text),
+        }),
+        "thinking" => parts.push(Part::Reasoning {
+            text: opt_str(b, "thinking")?.unwrap_or_default().to_owned(),
+            signature: opt_str(b, "signature")?
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        }),
+        // Encrypted (only Anthropic reads it) and traces of Anthropic's
+        // server-side tools: nothing another provider can use.
+        "redacted_thinking" | "server_tool_use" => {}
+        t if t.ends_with("_tool_result") => {}
+        other => return Err(unsupported_block(other)),
     }
     Ok(())
 }
@@ -356,8 +452,9 @@ fn parse_image(b: &Map<String, Value>) -> Result<Image, FormatError> {
     }
 }
 
-/// A `tool_result`'s content: a string, or blocks whose texts are joined
-/// with a newline; images are handed back separately.
+/// A `tool_result`'s content: a string, or blocks whose texts (documents
+/// and search results included) are joined with a newline; images are
+/// handed back separately.
 fn parse_tool_result_content(v: Option<&Value>) -> Result<(String, Vec<Part>), FormatError> {
     match v {
         None => Ok((String::new(), Vec::new())),
@@ -365,13 +462,9 @@ fn parse_tool_result_content(v: Option<&Value>) -> Result<(String, Vec<Part>), F
         Some(Value::Array(blocks)) => {
             let mut texts = Vec::new();
             let mut images = Vec::new();
-            for block in blocks {
-                let b = as_object(block, "a tool_result content block")?;
-                match block_type(b, "a tool_result content block")? {
-                    "text" => texts.push(req_str(b, "text", "a text block")?),
-                    "image" => images.push(Part::Image(parse_image(b)?)),
-                    other => return Err(unsupported_block(other)),
-                }
+            for (k, block) in blocks.iter().enumerate() {
+                tool_result_block(block, &mut texts, &mut images)
+                    .map_err(|e| located(&format!("content.{k}"), e))?;
             }
             Ok((texts.join("\n"), images))
         }
@@ -379,6 +472,107 @@ fn parse_tool_result_content(v: Option<&Value>) -> Result<(String, Vec<Part>), F
             "tool_result `content` must be a string or an array of blocks",
         )),
     }
+}
+
+fn tool_result_block(
+    block: &Value,
+    texts: &mut Vec<String>,
+    images: &mut Vec<Part>,
+) -> Result<(), FormatError> {
+    let b = as_object(block, "a tool_result content block")?;
+    match block_type(b, "a tool_result content block")? {
+        "text" => texts.push(req_str(b, "text", "a text block")?.to_owned()),
+        "image" => images.push(Part::Image(parse_image(b)?)),
+        "document" => texts.push(document_text(b)?),
+        "search_result" => texts.push(search_result_text(b)?),
+        other => return Err(unsupported_block(other)),
+    }
+    Ok(())
+}
+
+/// A `document` block whose source is text (`text`, or `content` text
+/// blocks) as plain text: its `title` and `context`, then the text, each
+/// separated by a blank line. PDFs and files (`base64`, `url`, `file`
+/// sources) cannot be read by other providers.
+fn document_text(b: &Map<String, Value>) -> Result<String, FormatError> {
+    let source = field(b, "source").ok_or_else(|| err("a document block needs a `source`"))?;
+    let source = as_object(source, "a document source")?;
+    let body = match block_type(source, "a document source")? {
+        "text" => req_str(source, "data", "a text document source")?.to_owned(),
+        "content" => match field(source, "content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(blocks)) => {
+                let mut texts = Vec::with_capacity(blocks.len());
+                for block in blocks {
+                    let b = as_object(block, "a document content block")?;
+                    match block_type(b, "a document content block")? {
+                        "text" => texts.push(req_str(b, "text", "a text block")?),
+                        other => {
+                            return Err(err(format!(
+                                "a document's content block type `{other}` cannot be translated \
+                                 for this provider (text only)"
+                            )));
+                        }
+                    }
+                }
+                texts.join("\n\n")
+            }
+            _ => {
+                return Err(err(
+                    "a content document source needs `content`: a string or text blocks",
+                ));
+            }
+        },
+        other => {
+            return Err(err(format!(
+                "a document with a `{other}` source (PDF or file) cannot be translated for this \
+                 provider; only text documents can"
+            )));
+        }
+    };
+    let mut pieces = Vec::with_capacity(3);
+    for key in ["title", "context"] {
+        if let Some(t) = opt_str(b, key)?.filter(|t| !t.is_empty()) {
+            pieces.push(t.to_owned());
+        }
+    }
+    pieces.push(body);
+    Ok(pieces.join("\n\n"))
+}
+
+/// A `search_result` block as plain text: its `title` and `source`, then its
+/// text blocks (citations are Anthropic's alone).
+fn search_result_text(b: &Map<String, Value>) -> Result<String, FormatError> {
+    let mut pieces = Vec::with_capacity(3);
+    let head: Vec<&str> = [opt_str(b, "title")?, opt_str(b, "source")?]
+        .into_iter()
+        .flatten()
+        .filter(|t| !t.is_empty())
+        .collect();
+    if !head.is_empty() {
+        pieces.push(head.join("\n"));
+    }
+    let blocks = match field(b, "content") {
+        Some(Value::Array(blocks)) => blocks,
+        _ => {
+            return Err(err(
+                "a search_result block needs `content`: an array of text blocks",
+            ));
+        }
+    };
+    for block in blocks {
+        let t = as_object(block, "a search_result content block")?;
+        match block_type(t, "a search_result content block")? {
+            "text" => pieces.push(req_str(t, "text", "a text block")?.to_owned()),
+            other => {
+                return Err(err(format!(
+                    "a search_result's content block type `{other}` cannot be translated (text \
+                     only)"
+                )));
+            }
+        }
+    }
+    Ok(pieces.join("\n\n"))
 }
 
 fn parse_tools(items: &[Value]) -> Result<Vec<Tool>, FormatError> {
@@ -689,6 +883,8 @@ fn turns(messages: &[Message]) -> Vec<OutTurn<'_>> {
                 "assistant",
                 m.parts.iter().filter_map(assistant_block).collect(),
             ),
+            // Part of the top-level `system` (see `system_prompt`).
+            Role::System => continue,
         };
         if blocks.is_empty() {
             continue;
@@ -711,16 +907,44 @@ fn turns(messages: &[Message]) -> Vec<OutTurn<'_>> {
     turns
 }
 
+/// The top-level `system`: the canonical system prompt, then the texts of
+/// the mid-conversation system turns in order, then the
+/// [`JSON_OBJECT_INSTRUCTION`] when asked, joined with a blank line.
+///
+/// Anthropic accepts `role: "system"` messages in `messages` only on some
+/// models (from Claude Opus 4.8) and only in some places (after a user turn,
+/// followed by an assistant turn or last); Anthropic-compatible servers may
+/// not read them at all. This writer serves clients of other formats, whose
+/// system messages promise neither, so it writes what every Anthropic model
+/// reads: one top-level prompt. (An Anthropic client's own mid-conversation
+/// system turns reach Anthropic providers by passthrough.)
+fn system_prompt(req: &ChatRequest) -> Option<Cow<'_, str>> {
+    let mut texts: Vec<&str> = Vec::new();
+    if let Some(s) = req.system.as_deref().filter(|s| !s.is_empty()) {
+        texts.push(s);
+    }
+    for m in req.messages.iter().filter(|m| m.role == Role::System) {
+        for p in &m.parts {
+            if let Part::Text(t) = p
+                && !t.is_empty()
+            {
+                texts.push(t);
+            }
+        }
+    }
+    if req.output == Some(OutputFormat::JsonObject) {
+        texts.push(JSON_OBJECT_INSTRUCTION);
+    }
+    match texts.as_slice() {
+        [] => None,
+        [one] => Some(Cow::Borrowed(one)),
+        many => Some(Cow::Owned(many.join("\n\n"))),
+    }
+}
+
 /// Write the canonical request as an Anthropic Messages request body.
 pub fn write_request(req: &ChatRequest, out: &mut Vec<u8>) {
-    let system = match (&req.system, &req.output) {
-        (Some(s), Some(OutputFormat::JsonObject)) if !s.is_empty() => {
-            Some(Cow::Owned(format!("{s}\n\n{JSON_OBJECT_INSTRUCTION}")))
-        }
-        (_, Some(OutputFormat::JsonObject)) => Some(Cow::Borrowed(JSON_OBJECT_INSTRUCTION)),
-        (Some(s), _) if !s.is_empty() => Some(Cow::Borrowed(s.as_str())),
-        _ => None,
-    };
+    let system = system_prompt(req);
     let tools: Vec<OutTool<'_>> = req
         .tools
         .iter()
@@ -1794,8 +2018,11 @@ mod tests {
             &b"not json"[..],
             br#"[]"#,
             br#"{"model":"m"}"#,
-            br#"{"messages":[{"role":"system","content":"x"}]}"#,
+            br#"{"messages":[{"role":"robot","content":"x"}]}"#,
             br#"{"messages":[{"role":"user","content":[{"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBE"}}]}]}"#,
+            br#"{"messages":[{"role":"user","content":[{"type":"document","source":{"type":"url","url":"https://x.test/a.pdf"}}]}]}"#,
+            br#"{"messages":[{"role":"user","content":"a"},{"role":"system","content":[{"type":"tool_addition","tool":{"name":"f"}}]}]}"#,
+            br#"{"messages":[{"role":"user","content":"a"},{"role":"system","content":42}]}"#,
             br#"{"messages":[{"role":"user","content":[{"type":"image","source":{"type":"file","file_id":"f1"}}]}]}"#,
             br#"{"messages":[{"role":"user","content":[{"type":"text"}]}]}"#,
             br#"{"messages":[],"max_tokens":"many"}"#,
@@ -1813,6 +2040,226 @@ mod tests {
         assert!(
             e.0.contains("messages.1") && e.0.contains("document"),
             "{e}"
+        );
+        // Errors name the block, down to a tool result's content.
+        let e = parse_request(br#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBE"}}]}]}"#)
+            .unwrap_err();
+        assert_eq!(
+            e.0,
+            "messages.0.content.1: a document with a `base64` source (PDF or file) cannot be \
+             translated for this provider; only text documents can"
+        );
+        let e = parse_request(br#"{"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"a"},{"type":"container_upload","file_id":"f"}]}]}]}"#)
+            .unwrap_err();
+        assert_eq!(
+            e.0,
+            "messages.0.content.0.content.1: content block type `container_upload` cannot be \
+             translated for this provider"
+        );
+        let e = parse_request(br#"{"messages":[{"role":"user","content":"a"},{"role":"system","content":[{"type":"text","text":"x"},{"type":"tool_removal","name":"f"}]}]}"#)
+            .unwrap_err();
+        assert_eq!(
+            e.0,
+            "messages.1.content.1: system turn block type `tool_removal` cannot be translated \
+             for this provider (text only)"
+        );
+    }
+
+    /// Claude Code's shape with mid-conversation system turns (GA on Claude
+    /// Opus 4.8: after a user turn, followed by an assistant turn or last).
+    const MID_SYSTEM_REQUEST: &str = r#"{
+      "model": "claude-opus-4-8",
+      "max_tokens": 1024,
+      "system": [
+        {"type": "text", "text": "You are Claude Code."},
+        {"type": "text", "text": "Be terse.", "cache_control": {"type": "ephemeral"}}
+      ],
+      "messages": [
+        {"role": "user", "content": "list the files"},
+        {"role": "system", "content": "The user prefers tables.", "clear_at": "never"},
+        {"role": "assistant", "content": [
+          {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}}
+        ]},
+        {"role": "user", "content": [
+          {"type": "tool_result", "tool_use_id": "toolu_1", "content": "a.rs"}
+        ]},
+        {"role": "system", "content": "Plan mode is off.", "clear_at": "next_user_message"},
+        {"role": "assistant", "content": "One file: a.rs."},
+        {"role": "user", "content": [{"type": "text", "text": "thanks", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "system", "content": [
+          {"type": "text", "text": "Token budget: low."},
+          {"type": "text", "text": "Answer in one line.", "cache_control": {"type": "ephemeral"}}
+        ], "output_config": {"effort": "low"}}
+      ]
+    }"#;
+
+    #[test]
+    fn mid_conversation_system_turns_stay_in_place() {
+        let req = parse_request(MID_SYSTEM_REQUEST.as_bytes()).unwrap();
+        assert_eq!(
+            req.system.as_deref(),
+            Some("You are Claude Code.\n\nBe terse.")
+        );
+        assert_eq!(
+            req.messages,
+            vec![
+                msg(Role::User, vec![text("list the files")]),
+                msg(Role::System, vec![text("The user prefers tables.")]),
+                msg(
+                    Role::Assistant,
+                    vec![call("toolu_1", "Bash", r#"{"command":"ls"}"#)]
+                ),
+                msg(Role::Tool, vec![result("toolu_1", "a.rs", false)]),
+                // "Plan mode is off." is cleared: a user turn follows it.
+                msg(Role::Assistant, vec![text("One file: a.rs.")]),
+                msg(Role::User, vec![text("thanks")]),
+                msg(
+                    Role::System,
+                    vec![text("Token budget: low.\n\nAnswer in one line.")]
+                ),
+            ]
+        );
+
+        // A system turn before any other joins the system prompt; an empty
+        // one and an empty content array carry nothing.
+        let req = parse_request(
+            br#"{"system":"top","messages":[{"role":"system","content":"lead"},
+                {"role":"user","content":[]},{"role":"system","content":""},
+                {"role":"user","content":"hi"},{"role":"system","content":"Be kind."}]}"#,
+        )
+        .unwrap();
+        assert_eq!(req.system.as_deref(), Some("top\n\nlead"));
+        assert_eq!(
+            req.messages,
+            vec![
+                msg(Role::User, vec![text("hi")]),
+                msg(Role::System, vec![text("Be kind.")]),
+            ]
+        );
+        let req = parse_request(
+            br#"{"messages":[{"role":"system","content":"only"},{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(req.system.as_deref(), Some("only"));
+    }
+
+    /// What each provider format gets for [`MID_SYSTEM_REQUEST`].
+    #[test]
+    fn mid_conversation_system_turns_in_every_writer() {
+        let req = parse_request(MID_SYSTEM_REQUEST.as_bytes()).unwrap();
+        let sys = "You are Claude Code.\n\nBe terse.";
+        let last = "Token budget: low.\n\nAnswer in one line.";
+
+        // Anthropic: appended to the top-level system prompt.
+        let v = written(&req);
+        assert_eq!(
+            v["system"],
+            json!(format!("{sys}\n\nThe user prefers tables.\n\n{last}"))
+        );
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "list the files"}]},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}}
+                ]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "a.rs"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "One file: a.rs."}]},
+                {"role": "user", "content": [{"type": "text", "text": "thanks"}]}
+            ])
+        );
+
+        // OpenAI chat: `system` messages in place.
+        let mut out = Vec::new();
+        crate::formats::openai::write_request(&req, &mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "system", "content": sys},
+                {"role": "user", "content": "list the files"},
+                {"role": "system", "content": "The user prefers tables."},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "toolu_1", "type": "function", "function": {"name": "Bash", "arguments": "{\"command\":\"ls\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "toolu_1", "content": "a.rs"},
+                {"role": "assistant", "content": "One file: a.rs."},
+                {"role": "user", "content": "thanks"},
+                {"role": "system", "content": last}
+            ])
+        );
+
+        // Ollama: `system` messages in place.
+        let mut out = Vec::new();
+        crate::formats::ollama::write_request(&req, &mut out).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "system", "content": sys},
+                {"role": "user", "content": "list the files"},
+                {"role": "system", "content": "The user prefers tables."},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "toolu_1", "function": {"index": 0, "name": "Bash", "arguments": {"command": "ls"}}}
+                ]},
+                {"role": "tool", "content": "a.rs", "tool_name": "Bash", "tool_call_id": "toolu_1"},
+                {"role": "assistant", "content": "One file: a.rs."},
+                {"role": "user", "content": "thanks"},
+                {"role": "system", "content": last}
+            ])
+        );
+
+        // Responses: `instructions`, then `system` input messages in place.
+        let mut out = Vec::new();
+        crate::formats::responses::write_request(&req, &mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["instructions"], json!(sys));
+        assert_eq!(
+            v["input"],
+            json!([
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list the files"}]},
+                {"type": "message", "role": "system", "content": [{"type": "input_text", "text": "The user prefers tables."}]},
+                {"type": "function_call", "call_id": "toolu_1", "name": "Bash", "arguments": "{\"command\":\"ls\"}"},
+                {"type": "function_call_output", "call_id": "toolu_1", "output": "a.rs"},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "One file: a.rs.", "annotations": []}]},
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "thanks"}]},
+                {"type": "message", "role": "system", "content": [{"type": "input_text", "text": last}]}
+            ])
+        );
+    }
+
+    #[test]
+    fn text_documents_and_search_results_become_text() {
+        let req = parse_request(
+            br#"{"messages":[{"role":"user","content":[
+                {"type":"document","source":{"type":"text","media_type":"text/plain","data":"The grass is green."},
+                 "title":"Facts","context":"From the wiki","citations":{"enabled":true},"cache_control":{"type":"ephemeral"}},
+                {"type":"document","source":{"type":"content","content":[{"type":"text","text":"one"},{"type":"text","text":"two"}]}},
+                {"type":"search_result","source":"https://x.test/doc","title":"Doc","content":[{"type":"text","text":"found it"}],
+                 "citations":{"enabled":true}},
+                {"type":"text","text":"summarize"}]},
+              {"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"search","input":{}}]},
+              {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":[
+                {"type":"search_result","source":"s","title":"T","content":[{"type":"text","text":"r1"}]},
+                {"type":"document","source":{"type":"text","media_type":"text/plain","data":"d1"}},
+                {"type":"text","text":"end"}]}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.messages,
+            vec![
+                msg(
+                    Role::User,
+                    vec![
+                        text("Facts\n\nFrom the wiki\n\nThe grass is green."),
+                        text("one\n\ntwo"),
+                        text("Doc\nhttps://x.test/doc\n\nfound it"),
+                        text("summarize"),
+                    ]
+                ),
+                msg(Role::Assistant, vec![call("t1", "search", "{}")]),
+                msg(Role::Tool, vec![result("t1", "T\ns\n\nr1\nd1\nend", false)]),
+            ]
         );
     }
 

@@ -60,6 +60,13 @@ pub enum Role {
     /// A tool's result turn (OpenAI `role: "tool"`; Anthropic sends these as
     /// `tool_result` blocks in a user turn).
     Tool,
+    /// A system turn in the middle of the conversation (Anthropic's
+    /// mid-conversation `role: "system"` messages, OpenAI `system` /
+    /// `developer` messages after the first turn), kept where the client put
+    /// it. Its parts are [`Part::Text`]. System turns that come before any
+    /// other message are [`ChatRequest::system`] instead, so a `System`
+    /// message is never the first of [`ChatRequest::messages`].
+    System,
 }
 
 /// One piece of a message.
@@ -137,7 +144,10 @@ pub enum OutputFormat {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChatRequest {
     pub model: String,
-    /// System / developer instructions, joined in order.
+    /// The leading system prompt: the format's own field (Anthropic `system`,
+    /// Responses `instructions`) and the system / developer messages that come
+    /// before any other message, joined in order. System turns later in the
+    /// conversation are [`Role::System`] messages.
     pub system: Option<String>,
     pub messages: Vec<Message>,
     pub tools: Vec<Tool>,

@@ -5,8 +5,9 @@
 //!
 //! # Mapping
 //!
-//! - [`ChatRequest::system`] ⇄ one leading `system` message (several `system`
-//!   messages are joined with `"\n\n"`).
+//! - [`ChatRequest::system`] ⇄ one leading `system` message (several leading
+//!   `system` messages are joined with `"\n\n"`); a [`Role::System`] turn ⇄
+//!   a `system` message where it stands in the conversation.
 //! - Text parts ⇄ the message's `content` string (several are joined with
 //!   `"\n\n"`); images ⇄ base64 strings in the message's `images` array (the
 //!   media type is not sent; the parser sniffs it from the data). Image URLs
@@ -48,8 +49,9 @@
 use serde_json::{Map, Value, json};
 
 use super::openai::{
-    arguments_text, count, error_text, field, fnv1a, kind_for_status, opt_bool, opt_f64, opt_str,
-    opt_u64, parse_root, parse_stop, parse_tool, tool_value, write_str, write_value,
+    arguments_text, count, error_text, field, fnv1a, joined_text, kind_for_status, opt_bool,
+    opt_f64, opt_str, opt_u64, parse_root, parse_stop, parse_tool, tool_value, write_str,
+    write_value,
 };
 use super::{
     ApiError, ChatRequest, ChatResponse, FinishReason, FormatError, Image, Message, OutputFormat,
@@ -294,11 +296,13 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, FormatError> {
             .ok_or_else(|| FormatError(format!("`messages[{i}].role` is required")))?;
         let content = opt_str(m, "content", &ctx)?.unwrap_or_default();
         match role {
-            "system" => {
-                if !content.is_empty() {
-                    system.push(content.to_string());
-                }
-            }
+            // Before the first turn: the system prompt; later: a system turn in place.
+            "system" if content.is_empty() => {}
+            "system" if req.messages.is_empty() => system.push(content.to_string()),
+            "system" => req.messages.push(Message {
+                role: Role::System,
+                parts: vec![Part::Text(content.to_string())],
+            }),
             "user" => {
                 let mut parts = Vec::new();
                 if !content.is_empty() {
@@ -437,6 +441,13 @@ pub fn write_request(req: &ChatRequest, out: &mut Vec<u8>) -> Result<(), FormatE
     // Tool names by call id, for `tool_name` on tool results.
     let mut names: Vec<(&str, &str)> = Vec::new();
     for m in &req.messages {
+        if m.role == Role::System {
+            let text = joined_text(&m.parts);
+            if !text.is_empty() {
+                msgs.push(json!({"role": "system", "content": text}));
+            }
+            continue;
+        }
         let mut texts: Vec<&str> = Vec::new();
         let mut thinking: Vec<&str> = Vec::new();
         let mut images = Vec::new();
@@ -498,6 +509,8 @@ pub fn write_request(req: &ChatRequest, out: &mut Vec<u8>) -> Result<(), FormatE
                 msgs.push(Value::Object(a));
                 msgs.extend(results);
             }
+            // Written above.
+            Role::System => {}
             Role::User | Role::Tool => {
                 let had_results = !results.is_empty();
                 msgs.extend(results);
@@ -1096,6 +1109,46 @@ mod tests {
         req.stop.clear();
         let mut out = Vec::new();
         write_request(&req, &mut out).unwrap();
+        assert_eq!(parse_request(&out).unwrap(), req);
+    }
+
+    #[test]
+    fn mid_conversation_system_messages_stay_in_place() {
+        let body = br#"{"model":"qwen3","messages":[
+            {"role":"system","content":"Be brief."},
+            {"role":"system","content":"Use metric units."},
+            {"role":"user","content":"weather?"},
+            {"role":"assistant","content":"Where?"},
+            {"role":"system","content":"The user is in Paris."},
+            {"role":"system","content":""},
+            {"role":"user","content":"here"}
+        ],"stream":false}"#;
+        let req = parse_request(body).unwrap();
+        assert_eq!(
+            req.system.as_deref(),
+            Some("Be brief.\n\nUse metric units.")
+        );
+        assert_eq!(
+            req.messages[2],
+            Message {
+                role: Role::System,
+                parts: vec![Part::Text("The user is in Paris.".into())],
+            }
+        );
+        assert_eq!(req.messages.len(), 4);
+        let mut out = Vec::new();
+        write_request(&req, &mut out).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "system", "content": "Be brief.\n\nUse metric units."},
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": "Where?"},
+                {"role": "system", "content": "The user is in Paris."},
+                {"role": "user", "content": "here"}
+            ])
+        );
         assert_eq!(parse_request(&out).unwrap(), req);
     }
 

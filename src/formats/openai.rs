@@ -5,9 +5,11 @@
 //!
 //! # Mapping
 //!
-//! - `system` and `developer` messages (string or text-part content), wherever
-//!   they appear, are joined with `"\n\n"` into [`ChatRequest::system`]; the
-//!   writer sends it back as one leading `system` message.
+//! - `system` and `developer` messages (string or text-part content) before
+//!   the first other message are joined with `"\n\n"` into
+//!   [`ChatRequest::system`], which the writer sends back as one leading
+//!   `system` message. Later ones are [`Role::System`] turns, kept in place
+//!   and written as `system` messages where they stand.
 //! - `user` content: a string is one [`Part::Text`]; an array keeps its `text`
 //!   and `image_url` parts in order (`data:<type>;base64,…` URLs become
 //!   [`Image::Base64`], anything else [`Image::Url`]).
@@ -482,10 +484,19 @@ fn parse_message(
     let role = opt_str(m, "role", &ctx)?
         .ok_or_else(|| FormatError(format!("`messages[{i}].role` is required")))?;
     match role {
+        // Before the first turn: the system prompt; later: a system turn in place.
         "system" | "developer" => {
             let text = text_content(field(m, "content"), &ctx)?;
-            if !text.is_empty() {
+            if text.is_empty() {
+                return Ok(());
+            }
+            if out.is_empty() {
                 system.push(text);
+            } else {
+                out.push(Message {
+                    role: Role::System,
+                    parts: vec![Part::Text(text)],
+                });
             }
         }
         "user" => {
@@ -837,6 +848,12 @@ fn content_part_value(p: &Part) -> Option<Value> {
 
 fn write_message(m: &Message, msgs: &mut Vec<Value>) {
     match m.role {
+        Role::System => {
+            let text = joined_text(&m.parts);
+            if !text.is_empty() {
+                msgs.push(json!({"role": "system", "content": text}));
+            }
+        }
         Role::Assistant => {
             let mut texts: Vec<&str> = Vec::new();
             let mut calls = Vec::new();
@@ -902,6 +919,19 @@ fn write_message(m: &Message, msgs: &mut Vec<Value>) {
             msgs.push(json!({"role": "user", "content": content}));
         }
     }
+}
+
+/// The text parts of a message joined with a blank line (a system turn
+/// written as one string); shared with the ollama module.
+pub(crate) fn joined_text(parts: &[Part]) -> String {
+    let texts: Vec<&str> = parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text(t) if !t.is_empty() => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    texts.join("\n\n")
 }
 
 fn push_tool_result(p: &Part, msgs: &mut Vec<Value>) {
@@ -1666,6 +1696,73 @@ mod tests {
         // tool_choice / parallel_tool_calls are not sent without tools.
         assert!(v.get("tool_choice").is_none() && v.get("parallel_tool_calls").is_none());
         assert!(v.get("stream").is_none());
+    }
+
+    #[test]
+    fn mid_conversation_system_messages_stay_in_place() {
+        let req = parse_request(
+            br#"{"model":"m","messages":[
+                {"role":"developer","content":"lead"},
+                {"role":"system","content":[{"type":"text","text":"also lead"}]},
+                {"role":"user","content":"hi","name":"ann"},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},
+                {"role":"tool","tool_call_id":"c1","content":"ok"},
+                {"role":"developer","content":[{"type":"text","text":"Now "},{"type":"text","text":"be brief."}]},
+                {"role":"system","content":""},
+                {"role":"user","content":"go on"},
+                {"role":"system","content":"Last word."}
+            ]}"#,
+        )
+        .unwrap();
+        assert_eq!(req.system.as_deref(), Some("lead\n\nalso lead"));
+        let system = |t: &str| Message {
+            role: Role::System,
+            parts: vec![text(t)],
+        };
+        assert_eq!(req.messages.len(), 6);
+        assert_eq!(req.messages[3], system("Now \n\nbe brief."));
+        assert_eq!(req.messages[5], system("Last word."));
+        assert_eq!(req_roundtrip(&req), req);
+
+        let mut out = Vec::new();
+        write_request(&req, &mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "system", "content": "lead\n\nalso lead"},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+                {"role": "system", "content": "Now \n\nbe brief."},
+                {"role": "user", "content": "go on"},
+                {"role": "system", "content": "Last word."}
+            ])
+        );
+
+        // Several text parts of a system turn become one string.
+        let req = ChatRequest {
+            messages: vec![
+                Message {
+                    role: Role::User,
+                    parts: vec![text("a")],
+                },
+                Message {
+                    role: Role::System,
+                    parts: vec![text("x"), text(""), text("y")],
+                },
+            ],
+            ..ChatRequest::default()
+        };
+        let mut out = Vec::new();
+        write_request(&req, &mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["messages"][1],
+            json!({"role": "system", "content": "x\n\ny"})
+        );
     }
 
     #[test]

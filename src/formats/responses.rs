@@ -10,8 +10,11 @@
 //!   pipeline answers 400). Codex sends `store: false` and resends the whole
 //!   conversation, which is what works.
 //! - Input items: messages (roles `user`, `assistant`, `system`, `developer`;
-//!   the latter two are hoisted into the canonical system prompt, in order,
-//!   after `instructions`), `function_call`, `function_call_output`, and
+//!   `system` / `developer` messages before any other item join the canonical
+//!   system prompt, in order, after `instructions`; later ones stay in place
+//!   as [`Role::System`] turns, written back as `system` messages),
+//!   `function_call`, `function_call_output` (content-part outputs: texts
+//!   joined, images moved to a user message after the run of outputs), and
 //!   `reasoning` (its summary text; `encrypted_content` is opaque to every
 //!   other provider and dropped). Consecutive assistant-side items (reasoning,
 //!   assistant message, function calls) merge into one assistant turn. Items
@@ -88,10 +91,17 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, FormatError> {
             parts: vec![Part::Text(s.clone())],
         }),
         Some(Value::Array(items)) => {
+            // Images of function_call_output items, held until the run of
+            // outputs ends (no other format carries images in a tool result).
+            let mut moved_images: Vec<Part> = Vec::new();
             for (i, item) in items.iter().enumerate() {
-                parse_input_item(item, &mut system, &mut messages)
+                if item.get("type").and_then(Value::as_str) != Some("function_call_output") {
+                    flush_moved_images(&mut moved_images, &mut messages);
+                }
+                parse_input_item(item, &mut system, &mut messages, &mut moved_images)
                     .map_err(|e| FormatError(format!("input[{i}]: {}", e.0)))?;
             }
+            flush_moved_images(&mut moved_images, &mut messages);
         }
         Some(_) => {
             return Err(FormatError(
@@ -139,10 +149,21 @@ fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     obj.get(key).and_then(Value::as_str)
 }
 
+/// Images taken out of tool outputs, as a user message after them.
+fn flush_moved_images(moved_images: &mut Vec<Part>, messages: &mut Vec<Message>) {
+    if !moved_images.is_empty() {
+        messages.push(Message {
+            role: Role::User,
+            parts: std::mem::take(moved_images),
+        });
+    }
+}
+
 fn parse_input_item(
     item: &Value,
     system: &mut Vec<String>,
     messages: &mut Vec<Message>,
+    moved_images: &mut Vec<Part>,
 ) -> Result<(), FormatError> {
     let obj = item
         .as_object()
@@ -153,10 +174,20 @@ fn parse_input_item(
                 .ok_or_else(|| FormatError("a message item needs a `role`".into()))?;
             let content = obj.get("content");
             match role {
+                // Before the first other item: the system prompt (after
+                // `instructions`); later: a system turn in place.
                 "system" | "developer" => {
                     let text = content_text(content)?;
-                    if !text.is_empty() {
+                    if text.is_empty() {
+                        return Ok(());
+                    }
+                    if messages.is_empty() {
                         system.push(text);
+                    } else {
+                        messages.push(Message {
+                            role: Role::System,
+                            parts: vec![Part::Text(text)],
+                        });
                     }
                 }
                 "user" => {
@@ -203,13 +234,19 @@ fn parse_input_item(
             let content = match obj.get("output") {
                 Some(Value::String(s)) => s.clone(),
                 None | Some(Value::Null) => String::new(),
-                // Newer clients may send content parts; tool results are text
-                // in the canonical model, so only the text survives.
-                Some(Value::Array(parts)) => parts
-                    .iter()
-                    .filter_map(|p| p.get("text").and_then(Value::as_str))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
+                // Content parts (Codex sends them for images): tool results
+                // are text in the canonical model, so the texts are joined
+                // and the images follow the outputs as a user message.
+                Some(parts @ Value::Array(_)) => {
+                    let mut texts = Vec::new();
+                    for part in content_parts(Some(parts))? {
+                        match part {
+                            Part::Text(t) => texts.push(t),
+                            image => moved_images.push(image),
+                        }
+                    }
+                    texts.join("\n")
+                }
                 Some(other) => other.to_string(),
             };
             messages.push(Message {
@@ -457,6 +494,8 @@ pub fn write_request(req: &ChatRequest, out: &mut Vec<u8>) {
         let (role, text_type) = match m.role {
             Role::Assistant => ("assistant", "output_text"),
             Role::User | Role::Tool => ("user", "input_text"),
+            // Responses takes `system` messages anywhere in `input`.
+            Role::System => ("system", "input_text"),
         };
         let mut content: Vec<Value> = Vec::new();
         let flush = |content: &mut Vec<Value>, input: &mut Vec<Value>| {
@@ -2128,6 +2167,118 @@ mod tests {
         ] {
             assert!(parse_request(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn mid_conversation_developer_messages_stay_in_place() {
+        let req = parse_request(
+            br#"{"model":"m","instructions":"You are Codex.","input":[
+                {"type":"message","role":"developer","content":[{"type":"input_text","text":"<permissions>ro</permissions>"}]},
+                {"role":"user","content":"fix it"},
+                {"type":"message","role":"assistant","content":[{"type":"output_text","text":"Done."}]},
+                {"type":"message","role":"developer","content":[{"type":"input_text","text":"Approval mode: never."}]},
+                {"role":"system","content":"Be brief."},
+                {"role":"developer","content":""},
+                {"role":"user","content":"thanks"}
+            ]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.system.as_deref(),
+            Some("You are Codex.\n\n<permissions>ro</permissions>")
+        );
+        let system = |t: &str| Message {
+            role: Role::System,
+            parts: vec![text(t)],
+        };
+        assert_eq!(
+            req.messages,
+            vec![
+                Message {
+                    role: Role::User,
+                    parts: vec![text("fix it")]
+                },
+                Message {
+                    role: Role::Assistant,
+                    parts: vec![text("Done.")]
+                },
+                system("Approval mode: never."),
+                system("Be brief."),
+                Message {
+                    role: Role::User,
+                    parts: vec![text("thanks")]
+                },
+            ]
+        );
+        let mut out = Vec::new();
+        write_request(&req, &mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["input"][2],
+            json!({"type": "message", "role": "system", "content": [{"type": "input_text", "text": "Approval mode: never."}]})
+        );
+        assert_eq!(parse_request(&out).unwrap(), req);
+    }
+
+    #[test]
+    fn function_call_output_images_follow_the_outputs() {
+        let req = parse_request(
+            br#"{"model":"m","input":[
+                {"role":"user","content":"look"},
+                {"type":"function_call","call_id":"c1","name":"view_image","arguments":"{}"},
+                {"type":"function_call","call_id":"c2","name":"view_image","arguments":"{}"},
+                {"type":"function_call_output","call_id":"c1","output":[
+                    {"type":"input_text","text":"shot 1"},
+                    {"type":"input_image","image_url":"data:image/png;base64,AAAA"}]},
+                {"type":"function_call_output","call_id":"c2","output":[
+                    {"type":"input_image","image_url":"https://x.test/2.png"}]},
+                {"role":"user","content":"compare"}
+            ]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.messages[2..],
+            [
+                Message {
+                    role: Role::Tool,
+                    parts: vec![Part::ToolResult {
+                        call_id: "c1".into(),
+                        content: "shot 1".into(),
+                        is_error: false,
+                    }],
+                },
+                result("c2", ""),
+                Message {
+                    role: Role::User,
+                    parts: vec![
+                        Part::Image(Image::Base64 {
+                            media_type: "image/png".into(),
+                            data: "AAAA".into()
+                        }),
+                        Part::Image(Image::Url("https://x.test/2.png".into())),
+                    ],
+                },
+                Message {
+                    role: Role::User,
+                    parts: vec![text("compare")]
+                },
+            ]
+        );
+        // An output ending the input still gets its images.
+        let req = parse_request(
+            br#"{"model":"m","input":[
+                {"type":"function_call","call_id":"c1","name":"f","arguments":"{}"},
+                {"type":"function_call_output","call_id":"c1","output":[{"type":"input_image","image_url":"https://x.test/i.png"}]}
+            ]}"#,
+        )
+        .unwrap();
+        assert_eq!(req.messages.last().unwrap().role, Role::User);
+        // A file in an output cannot be read: refused, naming the item.
+        let e = parse_request(
+            br#"{"model":"m","input":[{"type":"function_call_output","call_id":"c1","output":[{"type":"input_file","file_id":"f"}]}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("input[0]: input_file"), "{e}");
     }
 
     #[test]

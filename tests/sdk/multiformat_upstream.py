@@ -329,6 +329,20 @@ def validate_anthropic(body: Any, headers: dict[str, str], count: bool) -> None:
         raise Invalid(400, "messages: Field required (non-empty list)")
     prev_tool_ids: set[str] = set()
     for i, m in enumerate(msgs):
+        if isinstance(m, dict) and m.get("role") == "system":
+            # Mid-conversation system turn: after a user turn, followed by an assistant turn or
+            # nothing, holding a string or text blocks (Anthropic's placement rule).
+            nxt = msgs[i + 1] if i + 1 < len(msgs) else None
+            c = m.get("content")
+            if (
+                i == 0
+                or msgs[i - 1].get("role") != "user"
+                or (nxt is not None and nxt.get("role") != "assistant")
+                or not (isinstance(c, str) or (isinstance(c, list) and all(b.get("type") == "text" for b in c)))
+            ):
+                raise Invalid(400, f"messages.{i}: a system message must follow a user turn and precede an assistant turn")
+            prev_tool_ids = set()
+            continue
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
             raise Invalid(400, f'messages.{i}.role: Input should be "user" or "assistant", got {m!r}')
         content = m.get("content")
