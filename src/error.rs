@@ -1,11 +1,11 @@
 //! The one error type of the request path. It knows its side (client,
-//! upstream, internal), the status it maps to, and renders itself in the
-//! error shape of the API family the client called.
+//! upstream, internal), its status, its OpenAI-vocabulary type and code;
+//! `runtime/respond.rs` writes it with the client format's one error writer
+//! (the same as for translated provider errors).
 
 use std::borrow::Cow;
 
 use crate::formats::cut_at_char_boundary;
-use crate::json::write_json_string;
 
 /// Most bytes of one piece of client input (a model name, a path, a plugin
 /// id) quoted in a router-made message.
@@ -35,13 +35,6 @@ pub enum Side {
     Client,
     Upstream,
     Internal,
-}
-
-/// API family of the endpoint a client called; decides the error shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiFamily {
-    OpenAi,
-    Anthropic,
 }
 
 #[derive(Debug, Clone)]
@@ -212,45 +205,6 @@ impl RouterError {
     pub fn retryable(&self) -> bool {
         matches!(self.status, 408 | 429 | 502 | 503 | 504)
     }
-
-    /// Render the JSON body in `family`'s error shape.
-    pub fn write_body(&self, family: ApiFamily, out: &mut Vec<u8>) {
-        match family {
-            ApiFamily::OpenAi => {
-                out.extend_from_slice(b"{\"error\":{\"message\":");
-                write_json_string(out, &self.message);
-                out.extend_from_slice(b",\"type\":");
-                write_json_string(out, self.kind);
-                out.extend_from_slice(b",\"param\":null,\"code\":");
-                match self.code {
-                    Some(c) => write_json_string(out, c),
-                    None => out.extend_from_slice(b"null"),
-                }
-                out.extend_from_slice(b"}}");
-            }
-            ApiFamily::Anthropic => {
-                let kind = match self.status {
-                    400 | 405 | 413 | 414 | 417 | 431 | 505 => "invalid_request_error",
-                    401 => "authentication_error",
-                    403 => "permission_error",
-                    404 => "not_found_error",
-                    429 => "rate_limit_error",
-                    503 | 529 => "overloaded_error",
-                    _ => "api_error",
-                };
-                let kind = if self.status == 413 {
-                    "request_too_large"
-                } else {
-                    kind
-                };
-                out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":");
-                write_json_string(out, kind);
-                out.extend_from_slice(b",\"message\":");
-                write_json_string(out, &self.message);
-                out.extend_from_slice(b"}}");
-            }
-        }
-    }
 }
 
 impl std::fmt::Display for RouterError {
@@ -284,9 +238,6 @@ mod tests {
         assert!(e.message.contains("more bytes]"));
         let e = RouterError::bad_request("x".repeat(1 << 20));
         assert!(e.message.len() <= MAX_MESSAGE_BYTES + 32);
-        let mut body = Vec::new();
-        e.write_body(ApiFamily::Anthropic, &mut body);
-        assert!(body.len() < MAX_MESSAGE_BYTES + 200);
         let e = RouterError::not_found("GET", &"/a".repeat(5000));
         assert!(e.message.len() < 400);
     }

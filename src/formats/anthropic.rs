@@ -72,8 +72,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{
-    ApiError, ChatRequest, ChatResponse, FinishReason, FormatError, Image, Message, OutputFormat,
-    Part, Role, StreamEvent, Tool, ToolChoice, Usage,
+    ApiError, ChatRequest, ChatResponse, FinishReason, Format, FormatError, Image, Message,
+    OutputFormat, Part, Role, StreamEvent, Tool, ToolChoice, Usage,
 };
 use crate::json::write_json_string;
 
@@ -1619,35 +1619,14 @@ const ANTHROPIC_KINDS: &[&str] = &[
     "overloaded_error",
 ];
 
-/// The Anthropic error type for an HTTP status.
+/// The Anthropic error type for an HTTP status (the shared table).
 fn kind_for_status(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        402 => "billing_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        400..=499 => "invalid_request_error",
-        _ => "api_error",
-    }
+    super::kind_for_status(status, Format::Anthropic)
 }
 
-/// The HTTP status Anthropic pairs with an error type (for stream errors).
+/// The HTTP status Anthropic pairs with an error type (the shared table).
 fn status_for_kind(kind: &str) -> u16 {
-    match kind {
-        "invalid_request_error" => 400,
-        "authentication_error" => 401,
-        "billing_error" => 402,
-        "permission_error" => 403,
-        "not_found_error" => 404,
-        "request_too_large" => 413,
-        "rate_limit_error" => 429,
-        "timeout_error" => 504,
-        "overloaded_error" => 529,
-        _ => 500,
-    }
+    super::status_for_kind(kind, Format::Anthropic)
 }
 
 /// `(type, message)` from an error body: Anthropic's shape, or the

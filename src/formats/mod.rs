@@ -18,8 +18,11 @@
 //! StreamDecoder::feed(event, data, &mut Vec<StreamEvent>)
 //! StreamEncoder::encode(&StreamEvent, out) / finish(out)
 //! parse_error(status, body)      -> ApiError
-//! write_error(&ApiError, out)
+//! write_error(&ApiError, [code,] out)
 //! ```
+//!
+//! Error types: one status ⇄ type table for every format, with per-format
+//! overrides ([`kind_for_status`], [`status_for_kind`]).
 
 pub mod anthropic;
 pub mod ollama;
@@ -235,6 +238,48 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// The one status ⇄ error-type table, for every format: the type an HTTP
+/// status implies in `format`'s vocabulary (router-made errors and
+/// translated provider errors both go through it). The base vocabulary is
+/// OpenAI's; the rows marked per format are the overrides.
+pub fn kind_for_status(status: u16, format: Format) -> &'static str {
+    match (format, status) {
+        // Per-format overrides.
+        (Format::Anthropic, 402) => "billing_error",
+        (Format::Anthropic, 408) | (Format::Responses, 413) => "invalid_request_error",
+        (Format::Anthropic | Format::Responses, 504) | (Format::Responses, 408) => "api_error",
+        // The base table.
+        (_, 400 | 422 | 505) => "invalid_request_error",
+        (_, 401) => "authentication_error",
+        (_, 403) => "permission_error",
+        (_, 404) => "not_found_error",
+        (_, 408 | 504) => "timeout_error",
+        (_, 413) => "request_too_large",
+        (_, 429) => "rate_limit_error",
+        (_, 503 | 529) => "overloaded_error",
+        (_, 400..=499) => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// The status an error type implies in `format` (mid-stream errors carry no
+/// status): the inverse of [`kind_for_status`].
+pub fn status_for_kind(kind: &str, format: Format) -> u16 {
+    match (format, kind) {
+        (Format::Anthropic, "billing_error") => 402,
+        (Format::Anthropic, "overloaded_error") => 529,
+        (_, "invalid_request_error") => 400,
+        (_, "authentication_error") => 401,
+        (_, "permission_error") => 403,
+        (_, "not_found_error") => 404,
+        (_, "request_too_large") => 413,
+        (_, "rate_limit_error" | "insufficient_quota") => 429,
+        (_, "overloaded_error") => 503,
+        (_, "timeout_error") => 504,
+        _ => 500,
+    }
+}
+
 /// The longest prefix of `s` of at most `max` bytes that ends on a character
 /// boundary (error texts taken from provider bodies are bounded with it).
 pub(crate) fn cut_at_char_boundary(s: &str, max: usize) -> &str {
@@ -280,5 +325,42 @@ pub(crate) mod testing {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod error_table_tests {
+    use super::{Format, kind_for_status, status_for_kind};
+
+    #[test]
+    fn one_table_with_per_format_overrides() {
+        for f in [
+            Format::OpenAiChat,
+            Format::Anthropic,
+            Format::Responses,
+            Format::Ollama,
+        ] {
+            assert_eq!(kind_for_status(429, f), "rate_limit_error");
+            assert_eq!(kind_for_status(401, f), "authentication_error");
+            assert_eq!(kind_for_status(404, f), "not_found_error");
+            assert_eq!(kind_for_status(529, f), "overloaded_error");
+            assert_eq!(kind_for_status(418, f), "invalid_request_error");
+            assert_eq!(kind_for_status(500, f), "api_error");
+            assert_eq!(status_for_kind("rate_limit_error", f), 429);
+        }
+        assert_eq!(kind_for_status(402, Format::Anthropic), "billing_error");
+        assert_eq!(
+            kind_for_status(402, Format::OpenAiChat),
+            "invalid_request_error"
+        );
+        assert_eq!(kind_for_status(504, Format::OpenAiChat), "timeout_error");
+        assert_eq!(kind_for_status(504, Format::Anthropic), "api_error");
+        assert_eq!(
+            kind_for_status(413, Format::Responses),
+            "invalid_request_error"
+        );
+        assert_eq!(kind_for_status(413, Format::Anthropic), "request_too_large");
+        assert_eq!(status_for_kind("overloaded_error", Format::Anthropic), 529);
+        assert_eq!(status_for_kind("overloaded_error", Format::OpenAiChat), 503);
     }
 }

@@ -52,8 +52,8 @@
 use serde_json::{Map, Value, json};
 
 use super::{
-    ApiError, ChatRequest, ChatResponse, FinishReason, FormatError, Image, Message, OutputFormat,
-    Part, Role, StreamEvent, Tool, ToolChoice, Usage,
+    ApiError, ChatRequest, ChatResponse, FinishReason, Format, FormatError, Image, Message,
+    OutputFormat, Part, Role, StreamEvent, Tool, ToolChoice, Usage,
 };
 
 // ---------------------------------------------------------------------------
@@ -214,35 +214,14 @@ const KNOWN_KINDS: &[&str] = &[
     "timeout_error",
 ];
 
-/// The canonical error type an HTTP status implies.
+/// The error type an HTTP status implies (the shared table).
 pub(crate) fn kind_for_status(status: u16) -> &'static str {
-    match status {
-        400 | 422 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        408 | 504 => "timeout_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        400..=499 => "invalid_request_error",
-        _ => "api_error",
-    }
+    super::kind_for_status(status, Format::OpenAiChat)
 }
 
-/// The status an error type implies (mid-stream errors carry no status).
+/// The status an error type implies (the shared table).
 pub(crate) fn status_for_kind(kind: &str) -> u16 {
-    match kind {
-        "invalid_request_error" => 400,
-        "authentication_error" => 401,
-        "permission_error" => 403,
-        "not_found_error" => 404,
-        "request_too_large" => 413,
-        "rate_limit_error" | "insufficient_quota" => 429,
-        "overloaded_error" => 503,
-        "timeout_error" => 504,
-        _ => 500,
-    }
+    super::status_for_kind(kind, Format::OpenAiChat)
 }
 
 /// `kind` if it is in the canonical vocabulary, else the type `status` implies.
@@ -341,13 +320,19 @@ pub fn parse_error(status: u16, body: &[u8]) -> ApiError {
     }
 }
 
-/// `{"error":{"message","type","param","code"}}`.
-pub fn write_error(err: &ApiError, out: &mut Vec<u8>) {
+/// `{"error":{"message","type","param","code"}}` — router-made errors carry
+/// their `code`, translated provider errors `null`.
+pub fn write_error(err: &ApiError, code: Option<&str>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"error\":{\"message\":");
     write_str(out, &err.message);
     out.extend_from_slice(b",\"type\":");
     write_str(out, &err.kind);
-    out.extend_from_slice(b",\"param\":null,\"code\":null}}");
+    out.extend_from_slice(b",\"param\":null,\"code\":");
+    match code {
+        Some(c) => write_str(out, c),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b"}}");
 }
 
 // ---------------------------------------------------------------------------
@@ -2243,6 +2228,7 @@ mod tests {
                 kind: "authentication_error".into(),
                 message: "Invalid \"key\"".into(),
             },
+            None,
             &mut out,
         );
         let v: Value = serde_json::from_slice(&out).unwrap();

@@ -40,8 +40,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    ApiError, ChatRequest, ChatResponse, FinishReason, FormatError, Image, Message, OutputFormat,
-    Part, Role, StreamEvent, Tool, ToolChoice, Usage,
+    ApiError, ChatRequest, ChatResponse, FinishReason, Format, FormatError, Image, Message,
+    OutputFormat, Part, Role, StreamEvent, Tool, ToolChoice, Usage,
 };
 
 /// Non-JSON error bodies are kept up to this many bytes.
@@ -1925,43 +1925,15 @@ pub fn parse_error(status: u16, body: &[u8]) -> ApiError {
     }
 }
 
+/// The error type for an HTTP status (the shared table).
 fn kind_for_status(status: u16) -> &'static str {
-    match status {
-        400 | 413 | 422 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        _ => "api_error",
-    }
+    super::kind_for_status(status, Format::Responses)
 }
 
-/// Writes an OpenAI-shaped error body.
-pub fn write_error(err: &ApiError, out: &mut Vec<u8>) {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        error: Inner<'a>,
-    }
-    #[derive(Serialize)]
-    struct Inner<'a> {
-        message: &'a str,
-        #[serde(rename = "type")]
-        kind: &'a str,
-        param: Option<()>,
-        code: Option<()>,
-    }
-    write_json(
-        out,
-        &Body {
-            error: Inner {
-                message: &err.message,
-                kind: &err.kind,
-                param: None,
-                code: None,
-            },
-        },
-    );
+/// Writes an error body: the Responses API uses OpenAI's error shape, so
+/// this is OpenAI's writer.
+pub fn write_error(err: &ApiError, code: Option<&str>, out: &mut Vec<u8>) {
+    super::openai::write_error(err, code, out);
 }
 
 #[cfg(test)]
@@ -2790,7 +2762,7 @@ mod tests {
             message: "bad \"input\"".into(),
         };
         let mut out = Vec::new();
-        write_error(&err, &mut out);
+        write_error(&err, None, &mut out);
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             r#"{"error":{"message":"bad \"input\"","type":"invalid_request_error","param":null,"code":null}}"#

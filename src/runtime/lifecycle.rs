@@ -127,7 +127,7 @@ async fn answer_error(
         return Next::Close;
     }
     conn.out.clear();
-    respond::error(conn, respond::family_for(path), &err, keep_alive, ctx);
+    respond::error(conn, respond::format_for(path), &err, keep_alive, ctx);
     let ok = conn.flush().await.is_ok();
     ctx.fail(&err);
     if ok && !err.close && keep_alive {
@@ -615,7 +615,7 @@ async fn upstream_call(
         } else {
             let err = translate::parse_error(plan.upstream, head.status, body_bytes);
             ctx.response = Some(err.message.clone());
-            translate::write_error(plan.client, &err, &mut translated);
+            translate::write_error(plan.client, &err, None, &mut translated);
         }
         post_response(run, ctx, plan.client, Some(&mut translated), &text, ok);
         if ok {

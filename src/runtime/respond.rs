@@ -9,28 +9,46 @@
 
 use super::ctx::Ctx;
 use super::request::ClientConn;
-use crate::error::{ApiFamily, RouterError};
+use super::translate;
+use crate::error::RouterError;
+use crate::formats::{self, ApiError, Format};
 use crate::http::{self, ResponseHead};
 
-/// The error shape for a path: Anthropic for `/v1/messages…`, OpenAI otherwise.
-pub fn family_for(path: &str) -> ApiFamily {
+/// The client format a path speaks, for its error shape: Anthropic for
+/// `/v1/messages…`, Responses for `/v1/responses`, OpenAI chat otherwise
+/// (every other path, health and 404s included).
+pub fn format_for(path: &str) -> Format {
     if path == "/v1/messages" || path.starts_with("/v1/messages/") {
-        ApiFamily::Anthropic
+        Format::Anthropic
+    } else if path == "/v1/responses" {
+        Format::Responses
     } else {
-        ApiFamily::OpenAi
+        Format::OpenAiChat
     }
 }
 
-/// A router-made error response (head + JSON body in the family's shape).
+/// A router-made error response: head + the body the format's one error
+/// writer makes (the same writer as for translated provider errors).
+/// OpenAI-shaped formats keep the router's error type and code; Anthropic's
+/// type comes from the shared status table (`formats::kind_for_status`).
 pub fn error(
     conn: &mut ClientConn,
-    family: ApiFamily,
+    format: Format,
     err: &RouterError,
     keep_alive: bool,
     ctx: &Ctx<'_>,
 ) {
+    let kind = match format {
+        Format::Anthropic => formats::kind_for_status(err.status, format),
+        _ => err.kind,
+    };
+    let api = ApiError {
+        status: err.status,
+        kind: kind.to_string(),
+        message: err.message.clone(),
+    };
     let mut body = Vec::with_capacity(160);
-    err.write_body(family, &mut body);
+    translate::write_error(format, &api, err.code, &mut body);
     let close = err.close || !keep_alive;
     http::write_status_line(&mut conn.out, err.status);
     http::write_header(&mut conn.out, b"content-type", b"application/json");

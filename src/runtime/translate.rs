@@ -61,11 +61,14 @@ pub fn parse_error(format: Format, status: u16, body: &[u8]) -> ApiError {
     }
 }
 
-pub fn write_error(format: Format, err: &ApiError, out: &mut Vec<u8>) {
+/// The one error writer per format, for translated provider errors and
+/// router-made errors alike; `code` is the router's error code (OpenAI-shaped
+/// formats carry it), `None` for a provider's error.
+pub fn write_error(format: Format, err: &ApiError, code: Option<&str>, out: &mut Vec<u8>) {
     match format {
-        Format::OpenAiChat => formats::openai::write_error(err, out),
+        Format::OpenAiChat => formats::openai::write_error(err, code, out),
         Format::Anthropic => formats::anthropic::write_error(err, out),
-        Format::Responses => formats::responses::write_error(err, out),
+        Format::Responses => formats::responses::write_error(err, code, out),
         Format::Ollama => formats::ollama::write_error(err, out),
     }
 }
