@@ -655,3 +655,27 @@ fn response_healing_repairs_json_replies_and_tool_arguments_and_leaves_the_rest(
     );
     assert!(lines[2].get("notes").is_none(), "prose: nothing to say");
 }
+
+#[test]
+fn pre_request_may_rewrite_the_body_for_this_request_only() {
+    let up = Upstream::start();
+    let config = basic_config(
+        &up.base_url(),
+        "[[routers]]\ntype = \"prefix\"\nmodel_prefix = \"rewritten\"\nprovider = \"up\"\n",
+    );
+    let router = Router::start_with_env("rewrite", &config, &PROBE_ENV);
+    // The client's model routes nowhere; the plugin's rewritten body routes (and is sent).
+    let body = r#"{"model":"nowhere","messages":[{"role":"user","content":"hi"}],"plugins":[{"id":"probe","pre_request":"model:rewritten-1"}]}"#;
+    let r = post(&router, "/v1/chat/completions", body, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = up.requests()[0].json();
+    assert_eq!(sent["model"], "rewritten-1");
+    assert!(
+        sent.get("plugins").is_none(),
+        "the plugins member is never forwarded"
+    );
+    // The next request, without the plugin, is the client's bytes.
+    let plain = r#"{"model":"rewritten-2","messages":[{"role":"user","content":"hi"}]}"#;
+    post(&router, "/v1/chat/completions", plain, &[]);
+    assert_eq!(up.requests()[1].body, plain.as_bytes());
+}

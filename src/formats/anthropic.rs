@@ -1,8 +1,8 @@
 //! Anthropic Messages (`POST /v1/messages`, provider format `anthropic`) ⇄
 //! the canonical model (see the parent module for the function set).
 //!
-//! Wire facts: `research/wire-protocols.md` §1.3 (stream), §1.5 (errors),
-//! §2 (what Claude Code sends); structured outputs: SPEC §6.
+//! What is carried, dropped or refused, and why: `docs/formats.md`; what
+//! Claude Code sends: `docs/coding-agents.md`.
 //!
 //! # Client requests ([`parse_request`])
 //!

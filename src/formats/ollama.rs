@@ -1,7 +1,7 @@
 //! Ollama native chat (`POST /api/chat`): a provider format only (clients
 //! never speak it; the request parser, response writer and stream encoder
 //! exist for completeness and tests). See the parent module for the function
-//! set; wire facts follow `research/wire-protocols.md` §1.4.
+//! set; wire facts follow `docs/formats.md`
 //!
 //! # Mapping
 //!

@@ -1,7 +1,7 @@
 //! OpenAI chat completions (`POST /v1/chat/completions`): the client format of
 //! that endpoint and the provider format `openai` (OpenAI, vLLM, llama-server,
 //! xAI, Cloudflare, …). See the parent module for the function set; the stream
-//! and error facts follow `research/wire-protocols.md` §1.1 and §1.5.
+//! and error facts follow `docs/formats.md`
 //!
 //! # Mapping
 //!

@@ -1,4 +1,4 @@
-//! The `response-healing` repair engine (SPEC §5): turns a model's "almost
+//! The `response-healing` repair engine (`docs/plugins.md`): turns a model's "almost
 //! JSON" reply into JSON, or says why it will not.
 //!
 //! [`heal`] answers one of four things about a reply's text ([`Healed`]):

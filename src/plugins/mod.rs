@@ -300,7 +300,8 @@ pub fn on_end(active: &[Active], warnings: &mut Vec<String>) {
 
 /// The test-only `probe` plugin: `{"id":"probe","<hook>":"<action>"}` makes
 /// that hook `continue`, `stop`, `error`, `reply` (sets a text response, then
-/// continues), `reply-stop`, or (`pre_request`) `force:<provider>`.
+/// continues), `reply-stop`, or (`pre_request`) `force:<provider>` or
+/// `model:<name>` (rewrites the request body's `model`).
 mod probe {
     use super::{Active, Early, Flow, Pre};
 
@@ -330,6 +331,18 @@ mod probe {
                     .position(|p| p.name == name)
                     .ok_or_else(|| format!("no provider '{name}'"))?;
                 pre.forced_provider = Some(idx);
+                Ok(Flow::Continue)
+            }
+            (a, Some(pre)) if a.starts_with("model:") => {
+                let mut v: serde_json::Value = serde_json::from_slice(pre.original_body)
+                    .map_err(|e| format!("body is not JSON: {e}"))?;
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert(
+                        "model".into(),
+                        serde_json::Value::String(a[6..].to_string()),
+                    );
+                }
+                pre.body = Some(serde_json::to_vec(&v).map_err(|e| e.to_string())?);
                 Ok(Flow::Continue)
             }
             (other, _) => Err(format!("unknown probe action '{other}' for {name}")),

@@ -13,7 +13,7 @@
 //! into usage, text, finish reason and error for the log and the response
 //! classifiers; [`chat_response_stats`] does the same for a non-streamed reply.
 //! [`write_openai_stream_error`] writes the event that ends a client's stream
-//! when its upstream dies mid-way (`research/wire-protocols.md` §1.1).
+//! when its upstream dies mid-way (`docs/formats.md`).
 //!
 //! # Files
 //!

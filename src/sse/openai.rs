@@ -1,4 +1,4 @@
-//! The OpenAI chat-completions stream (`research/wire-protocols.md` §1.1):
+//! The OpenAI chat-completions stream (`docs/formats.md`):
 //! what the router reads from it while relaying, and the error event it
 //! writes when an upstream dies mid-stream.
 //!

@@ -375,7 +375,7 @@ def test_cross_format_stream_sdk_helper(aclient, multi_upstream, marker, route: 
     "model", [pytest.param(UP.model, id="to-openai"), pytest.param(OLL.model, id="to-ollama"), pytest.param("mock-1", id="to-mock")]
 )
 def test_stream_frames_carry_event_lines(aclient, marker, model):
-    """wire-protocols §1.3: every frame has an `event:` line naming its data's type (the SDK drops
+    """docs/formats.md: every frame has an `event:` line naming its data's type (the SDK drops
     frames without one)."""
     with aclient.messages.with_streaming_response.create(
         model=model, max_tokens=50, messages=user(f"frames {marker}"), stream=True

@@ -294,7 +294,7 @@ def test_chat_upstream_error_translated(oclient, multi_upstream, marker, model, 
     ],
 )
 def test_chat_mid_stream_failure(oclient, marker, model, upstream_msg):
-    """wire-protocols §1.1: a `data: {"error": ...}` frame, which the SDK raises as APIError."""
+    """docs/formats.md: a `data: {"error": ...}` frame, which the SDK raises as APIError."""
     received: list[str] = []
     with pytest.raises(openai.APIError) as ei:
         for ch in oclient.chat.completions.create(

@@ -125,7 +125,7 @@ def test_responses_stream(oclient, multi_upstream, marker, route: Route):
      pytest.param(OLL.model, id="to-ollama"), pytest.param("mock-1", id="to-mock")],
 )  # fmt: skip
 def test_responses_stream_wire_frames(oclient, marker, model):
-    """wire-protocols §1.2: `event: <type>` + data with the same `type` and a `sequence_number`;
+    """docs/formats.md: `event: <type>` + data with the same `type` and a `sequence_number`;
     no `[DONE]`; the last event is `response.completed`."""
     with oclient.responses.with_streaming_response.create(model=model, input=f"frames {marker}", stream=True) as resp:
         assert resp.status_code == 200

@@ -58,7 +58,7 @@ RESP_TOOLS = [{"type": "function", "name": TOOL_NAME, "description": TOOL_DESC, 
 
 CHAT_RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "schema": STRUCT_SCHEMA, "strict": True}}
 
-# Responses text turn, per wire-protocols §1.2 (consecutive deltas collapsed into one).
+# Responses text turn, per docs/formats.md (consecutive deltas collapsed into one).
 RESPONSES_TEXT_SEQUENCE = [
     "response.created",
     "response.in_progress",
@@ -71,7 +71,7 @@ RESPONSES_TEXT_SEQUENCE = [
     "response.completed",
 ]
 
-# Anthropic text turn, per wire-protocols §1.3 (pings dropped, consecutive deltas collapsed).
+# Anthropic text turn, per docs/formats.md (pings dropped, consecutive deltas collapsed).
 ANTHROPIC_TEXT_SEQUENCE = [
     "message_start",
     "content_block_start",
