@@ -213,11 +213,24 @@ async fn handle(
     if conn.flush().await.is_err() {
         return Ok(Next::Close);
     }
-    Ok(if req.keep_alive {
+    Ok(keep_or_close(req))
+}
+
+/// Keep the connection when the client asked to.
+fn keep_or_close(req: &Request<'_>) -> Next {
+    if req.keep_alive {
         Next::KeepAlive
     } else {
         Next::Close
-    })
+    }
+}
+
+/// Send what `conn.out` holds; a failed write means the client is gone.
+async fn flush(conn: &mut ClientConn, req: &Request<'_>) -> Result<Next, RouterError> {
+    if conn.flush().await.is_err() {
+        return Err(RouterError::client_gone());
+    }
+    Ok(keep_or_close(req))
 }
 
 /// The next step after a response went out whole.
@@ -633,14 +646,7 @@ async fn upstream_call(
         );
         conn.out.extend_from_slice(&translated);
     }
-    if conn.flush().await.is_err() {
-        return Err(RouterError::client_gone());
-    }
-    Ok(if req.keep_alive {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    })
+    flush(conn, req).await
 }
 
 /// The response classifiers on a whole reply's text.
@@ -794,14 +800,7 @@ async fn answer_canonical(
             close,
         );
         conn.out.extend_from_slice(&body);
-        if conn.flush().await.is_err() {
-            return Err(RouterError::client_gone());
-        }
-        return Ok(if req.keep_alive {
-            Next::KeepAlive
-        } else {
-            Next::Close
-        });
+        return flush(conn, req).await;
     }
     // Stream heads carry what is known before the reply: no usage, no response tags.
     let tags = std::mem::take(&mut ctx.response_tags);

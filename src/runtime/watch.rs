@@ -8,42 +8,14 @@
 //! request (stop watching; they are read after this response).
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-/// What a peek at the client socket showed.
-enum Peek {
-    Closed,
-    Data,
-    Nothing,
-}
-
-fn peek(fd: RawFd) -> Peek {
-    let mut b = [0u8; 1];
-    // SAFETY: fd is a valid socket owned by this connection; b is a live 1-byte buffer.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            b.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n == 0 {
-        return Peek::Closed;
-    }
-    if n > 0 {
-        return Peek::Data;
-    }
-    match io::Error::last_os_error().raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EINTR) => Peek::Nothing,
-        _ => Peek::Closed,
-    }
-}
+use crate::upstream::{Peek, peek};
 
 /// Start watching for the duration of one upstream exchange.
 pub fn arm() -> Armed {

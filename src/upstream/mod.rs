@@ -94,21 +94,43 @@ impl Conn {
                 s.tcp().as_raw_fd()
             }
         };
-        let mut b = [0u8; 1];
-        // SAFETY: fd is a live socket owned by this connection; b is a live 1-byte buffer.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                b.as_mut_ptr().cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        n < 0
-            && matches!(
-                std::io::Error::last_os_error().raw_os_error(),
-                Some(libc::EAGAIN) | Some(libc::EINTR)
-            )
+        matches!(peek(fd), Peek::Nothing)
+    }
+}
+
+/// What a non-blocking peek at a socket showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peek {
+    /// EOF, or an error (reset): the peer is gone.
+    Closed,
+    /// Bytes are waiting.
+    Data,
+    /// Nothing to read yet.
+    Nothing,
+}
+
+/// Peek at `fd` without blocking or consuming (`recv` with `MSG_PEEK |
+/// MSG_DONTWAIT`, one byte): one syscall.
+pub fn peek(fd: std::os::fd::RawFd) -> Peek {
+    let mut b = [0u8; 1];
+    // SAFETY: fd is a live socket owned by the caller; b is a live 1-byte buffer.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n == 0 {
+        return Peek::Closed;
+    }
+    if n > 0 {
+        return Peek::Data;
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EINTR) => Peek::Nothing,
+        _ => Peek::Closed,
     }
 }
 
