@@ -13,6 +13,7 @@ use super::{
     ClassifierConfig, Config, ConfigError, LoggingConfig, PluginConfig, Provider, ProviderFormat,
     Scheme, ServerConfig, TelemetryConfig,
 };
+use crate::plugins::PluginId;
 
 // Defaults of the original router's keys (docs/configuration.md).
 pub(crate) const DEFAULT_HOST: &str = "127.0.0.1";
@@ -669,16 +670,16 @@ fn plugins(
 ) -> Result<Vec<PluginConfig>, ConfigError> {
     let mut by_id: BTreeMap<&str, RawPlugin> = BTreeMap::new();
     for (id, plugin) in [
-        ("response-healing", p.response_healing),
-        ("pareto-router", p.pareto_router),
-        ("web", p.web),
-        ("pdf", p.pdf),
+        (PluginId::ResponseHealing.as_str(), p.response_healing),
+        (PluginId::ParetoRouter.as_str(), p.pareto_router),
+        (PluginId::Web.as_str(), p.web),
+        (PluginId::Pdf.as_str(), p.pdf),
     ] {
         if let Some(plugin) = plugin {
             by_id.insert(id, plugin);
         }
     }
-    if let Some(pareto) = by_id.get("pareto-router") {
+    if let Some(pareto) = by_id.get(PluginId::ParetoRouter.as_str()) {
         pareto_tiers(doc, pareto, names)?;
     }
     let order: HashMap<String, usize> = doc
