@@ -276,3 +276,48 @@ fn http10_keep_alive_rules() {
     assert_eq!(resp.unwrap().status, 200);
     assert!(reader.closed(), "HTTP/1.0 without keep-alive closes");
 }
+
+#[test]
+fn lingering_close_lets_a_client_still_sending_read_the_error() {
+    // A body over the limit, sent by a client that keeps writing: the router answers 413
+    // before reading the body, half-closes and drains, so the client reads the 413 and then
+    // a clean end of stream — not a connection reset.
+    let up = Upstream::start();
+    let config = basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n")
+        .replace("workers = 1", "workers = 1\nmax_body_bytes = 1024");
+    let router = Router::start("linger", &config);
+    let mut s = router.connect();
+    let len = 4 << 20;
+    s.write_all(
+        format!("POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let block = vec![b'x'; 64 << 10];
+        let mut sent = 0;
+        while sent < len {
+            if writer.write_all(&block).is_err() {
+                return false;
+            }
+            sent += block.len();
+        }
+        true
+    });
+    let mut reader = Reader::new(s);
+    let resp = reader.response().expect("the 413 is readable");
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.header("connection"), Some("close"));
+    // Then a FIN: read returns 0, not an error.
+    let mut rest = [0u8; 16];
+    assert_eq!(
+        std::io::Read::read(&mut reader.stream, &mut rest).map_err(|e| e.kind()),
+        Ok(0)
+    );
+    assert!(
+        sender.join().unwrap(),
+        "the router drained the body instead of resetting"
+    );
+    assert_eq!(router.log_lines(1)[0]["status"], 413);
+}

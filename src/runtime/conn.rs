@@ -44,8 +44,7 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
                     Ok(ParseStatus::Partial) => {}
                     Err(e) => {
                         let err = RouterError::framing(e.status, e.message);
-                        lifecycle::serve(&core, &mut conn, Input::Rejected { buf: &buf, err })
-                            .await;
+                        reject(&core, &mut conn, &buf, err).await;
                         return;
                     }
                 }
@@ -62,7 +61,7 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
                     // Idle keep-alive connections close silently; a half-sent head gets 408.
                     if !was_empty {
                         let err = RouterError::framing(408, "request head not received in time");
-                        lifecycle::serve(&core, &mut conn, Input::Rejected { buf: &[], err }).await;
+                        reject(&core, &mut conn, &[], err).await;
                     }
                     return;
                 }
@@ -84,7 +83,7 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
                         "request body is larger than the configured limit",
                     )
                     .with_code("request_too_large");
-                    lifecycle::serve(&core, &mut conn, Input::Rejected { buf: &buf, err }).await;
+                    reject(&core, &mut conn, &buf, err).await;
                     return;
                 }
                 if head.expect_continue && buf.len() < head.head_len + n as usize {
@@ -123,8 +122,7 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
                         Ok(r) => r,
                         Err(e) => {
                             let err = RouterError::framing(400, e.0);
-                            lifecycle::serve(&core, &mut conn, Input::Rejected { buf: &buf, err })
-                                .await;
+                            reject(&core, &mut conn, &buf, err).await;
                             return;
                         }
                     };
@@ -139,8 +137,7 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
                             "request body is larger than the configured limit",
                         )
                         .with_code("request_too_large");
-                        lifecycle::serve(&core, &mut conn, Input::Rejected { buf: &buf, err })
-                            .await;
+                        reject(&core, &mut conn, &buf, err).await;
                         return;
                     }
                     if done {
@@ -196,6 +193,42 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
     }
 }
 
+/// Answer a request rejected before it was read whole, then linger.
+async fn reject(core: &Core, conn: &mut ClientConn, buf: &[u8], err: RouterError) {
+    lifecycle::serve(core, conn, Input::Rejected { buf, err }).await;
+    linger(conn).await;
+}
+
+/// Lingering close: how long, at most, the rest of a rejected request is
+/// read and discarded, and the longest pause in it.
+const LINGER_TOTAL: Duration = Duration::from_secs(5);
+const LINGER_IDLE: Duration = Duration::from_secs(1);
+
+/// After answering an error before the whole request was read (413, 431,
+/// framing errors, 408): half-close, then read and discard what the client
+/// still sends — until it closes, pauses for [`LINGER_IDLE`], or
+/// [`LINGER_TOTAL`] passes — so it reads the status instead of a reset
+/// (nginx's `lingering_close`). The connection is closed after.
+async fn linger(conn: &mut ClientConn) {
+    use monoio::io::{AsyncReadRent, AsyncWriteRent};
+    if conn.stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TOTAL;
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        buf.clear();
+        match monoio::time::timeout(left.min(LINGER_IDLE), conn.stream.read(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => buf = b,
+            _ => return,
+        }
+    }
+}
+
 /// How reading more request-body bytes went.
 enum BodyRead {
     More(Vec<u8>),
@@ -227,7 +260,7 @@ async fn body_ended(core: &Core, conn: &mut ClientConn, end: BodyRead) {
         }
         BodyRead::TimedOut => {
             let err = RouterError::framing(408, "request body not received in time");
-            lifecycle::serve(core, conn, Input::Rejected { buf: &[], err }).await;
+            reject(core, conn, &[], err).await;
         }
         BodyRead::More(_) => {}
     }
