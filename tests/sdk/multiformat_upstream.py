@@ -61,6 +61,10 @@ OPENAI_CALL_ID = "call_mock_1"
 ANTH_TOOL_ID = "toolu_mock_1"
 
 STRUCT_ANSWER = {"answer": "forty-two"}
+# What a model that fences and trails its JSON sends (models named `…brokenjson…`, OpenAI
+# handler): the response-healing plugin repairs it to STRUCT_ANSWER-like JSON.
+BROKEN_JSON_TEXT = "Here you go:\n```json\n{'answer': 'forty-two', tags: ['a', 'b',],}\n```"
+HEALED_JSON = {"answer": "forty-two", "tags": ["a", "b"]}
 STRUCT_SCHEMA = {
     "type": "object",
     "properties": {"answer": {"type": "string"}},
@@ -624,6 +628,8 @@ def make_handler(state: MultiUpstream) -> type[BaseHTTPRequestHandler]:
                 call = tools[0]["function"]["name"]
             elif rf.get("type") == "json_schema":
                 text = json.dumps(STRUCT_ANSWER)
+            elif "brokenjson" in model:
+                text = BROKEN_JSON_TEXT
             else:
                 text = OPENAI_TEXT
             if body.get("stream"):
