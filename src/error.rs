@@ -187,6 +187,20 @@ impl RouterError {
         self.status == 499
     }
 
+    /// The router is shutting down (its drain deadline passed) before the
+    /// provider answered.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            Side::Internal,
+            503,
+            "server_error",
+            Some("shutting_down"),
+            "the router is shutting down (drain_timeout_ms passed) before the provider answered"
+                .to_string(),
+        )
+        .closing()
+    }
+
     pub fn unsupported(message: impl Into<String>) -> Self {
         Self::new(
             Side::Internal,

@@ -123,7 +123,54 @@ fn check(path: Option<&str>) -> ExitCode {
     }
 }
 
+/// The signals the router handles itself: blocked in every thread (set
+/// before any thread starts) and taken by one signal thread with `sigwait`.
+fn handled_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+/// SIGTERM/SIGINT: drain (a second one: exit at once). SIGHUP: not a
+/// reload in this build; said and ignored (it no longer ends the router).
+fn signal_thread(set: libc::sigset_t, drainer: runtime::Drainer) {
+    let mut draining = false;
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: set is an initialised signal set; sig is a live c_int.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            continue;
+        }
+        match sig {
+            libc::SIGHUP => {
+                diag::warn("SIGHUP: configuration reload is not supported by this build; ignored")
+            }
+            _ if draining => {
+                diag::always("second signal: exiting now");
+                std::process::exit(128 + sig);
+            }
+            _ => {
+                draining = true;
+                drainer.drain();
+                diag::always("draining: no new connections; finishing in-flight requests");
+            }
+        }
+    }
+}
+
 fn serve(path: Option<&str>) -> ExitCode {
+    let signals = handled_signals();
+    // SAFETY: blocks these signals in this thread, so every thread spawned
+    // from here inherits the mask; the signal thread takes them.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut());
+    }
     let cfg = match load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -163,6 +210,19 @@ fn serve(path: Option<&str>) -> ExitCode {
         server.addr,
         server.driver.name()
     ));
+    match server.drainer() {
+        Ok(drainer) => {
+            let _ = std::thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || signal_thread(signals, drainer));
+        }
+        Err(e) => diag::warn(&format!("no graceful drain: {e}")),
+    }
     server.join();
+    // Every worker has handed over its log lines: let the log thread write them.
+    if !opensourcellmrouter::observe::wait_for_writer(std::time::Duration::from_secs(5)) {
+        diag::warn("the request log could not be flushed in time");
+    }
+    diag::always("drained: exiting");
     ExitCode::SUCCESS
 }

@@ -209,6 +209,9 @@ pub struct ServerConfig {
     /// New key: during a streamed reply's silences, an SSE comment
     /// (`: keep-alive`) goes to the client this often (default 15 000 ms; 0 = never).
     pub sse_keepalive_ms: u64,
+    /// New key: on SIGTERM/SIGINT, how long in-flight requests and streams
+    /// may take to finish before they are ended (default 30 000 ms).
+    pub drain_timeout_ms: u64,
     /// New key: idle TTL of pooled upstream connections (default 4 000 ms; vLLM drops at ~5 s).
     pub pool_idle_ttl_ms: u64,
     /// New key: max idle pooled connections per provider per core (default 64).

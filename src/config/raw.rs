@@ -53,6 +53,7 @@ pub struct RawServer {
     pub first_byte_timeout_ms: Option<u64>,
     pub stream_idle_timeout_ms: Option<u64>,
     pub sse_keepalive_ms: Option<u64>,
+    pub drain_timeout_ms: Option<u64>,
     pub pool_idle_ttl_ms: Option<u64>,
     pub pool_max_idle: Option<usize>,
 }

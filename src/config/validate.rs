@@ -34,6 +34,7 @@ pub(crate) const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub(crate) const DEFAULT_FIRST_BYTE_TIMEOUT_MS: u64 = 600_000;
 pub(crate) const DEFAULT_STREAM_IDLE_TIMEOUT_MS: u64 = 300_000;
 pub(crate) const DEFAULT_SSE_KEEPALIVE_MS: u64 = 15_000;
+pub(crate) const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
 pub(crate) const DEFAULT_POOL_IDLE_TTL_MS: u64 = 4_000;
 pub(crate) const DEFAULT_POOL_MAX_IDLE: usize = 64;
 
@@ -180,6 +181,7 @@ fn server(
                 .unwrap_or(DEFAULT_STREAM_IDLE_TIMEOUT_MS),
         )?,
         sse_keepalive_ms: s.sse_keepalive_ms.unwrap_or(DEFAULT_SSE_KEEPALIVE_MS),
+        drain_timeout_ms: s.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS),
         pool_idle_ttl_ms: s.pool_idle_ttl_ms.unwrap_or(DEFAULT_POOL_IDLE_TTL_MS),
         pool_max_idle: s.pool_max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
     })

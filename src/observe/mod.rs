@@ -29,6 +29,10 @@ const QUEUE_BATCHES: usize = 1024;
 pub struct LogCounters {
     pub written: AtomicU64,
     pub dropped: AtomicU64,
+    /// Batches queued for the log thread, and batches it has finished with
+    /// (written and flushed, or dropped): equal when it is idle.
+    pub batches_queued: AtomicU64,
+    pub batches_done: AtomicU64,
 }
 
 /// A worker's handle to the log thread. Cloned once per worker.
@@ -42,7 +46,9 @@ impl LogSender {
     /// Queue finished lines (each ending with `\n`). Never blocks.
     pub fn send(&self, lines: Vec<u8>) {
         match self.tx.try_send(lines) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.counters.batches_queued.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
                 self.counters
                     .dropped
@@ -70,7 +76,27 @@ pub fn start(path: &Path) -> io::Result<LogSender> {
     std::thread::Builder::new()
         .name("log-writer".into())
         .spawn(move || writer_loop(rx, file, &thread_counters))?;
+    let _ = COUNTERS.set(counters.clone());
     Ok(LogSender { tx, counters })
+}
+
+/// The log thread's counters, for [`wait_for_writer`].
+static COUNTERS: std::sync::OnceLock<Arc<LogCounters>> = std::sync::OnceLock::new();
+
+/// After the workers handed over their last lines (a drain): wait, up to
+/// `timeout`, until the log thread has written and flushed every batch queued.
+pub fn wait_for_writer(timeout: Duration) -> bool {
+    let Some(c) = COUNTERS.get() else {
+        return true;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    while c.batches_done.load(Ordering::Acquire) < c.batches_queued.load(Ordering::Acquire) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
 }
 
 fn writer_loop(rx: Receiver<Vec<u8>>, file: File, counters: &LogCounters) {
@@ -78,10 +104,12 @@ fn writer_loop(rx: Receiver<Vec<u8>>, file: File, counters: &LogCounters) {
     // Blocks only this thread; ends when every worker's sender is gone.
     while let Ok(batch) = rx.recv() {
         let mut n = count_lines(&batch);
+        let mut batches = 1;
         let mut ok = out.write_all(&batch).is_ok();
         while let Ok(batch) = rx.try_recv() {
             ok &= out.write_all(&batch).is_ok();
             n += count_lines(&batch);
+            batches += 1;
         }
         ok &= out.flush().is_ok();
         if ok {
@@ -89,6 +117,7 @@ fn writer_loop(rx: Receiver<Vec<u8>>, file: File, counters: &LogCounters) {
         } else {
             counters.dropped.fetch_add(n, Ordering::Relaxed);
         }
+        counters.batches_done.fetch_add(batches, Ordering::Release);
     }
     let _ = out.flush();
 }
@@ -132,6 +161,14 @@ impl CoreLog {
             && let Some(w) = self.waker.take()
         {
             w.wake();
+        }
+    }
+
+    /// Hand the pending lines to the log thread now (a worker that exits).
+    pub fn flush_now(&self) {
+        let batch = std::mem::take(&mut *self.buf.borrow_mut());
+        if !batch.is_empty() {
+            self.sender.send(batch);
         }
     }
 

@@ -174,10 +174,14 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
             path,
             t0,
             ts_ms: crate::observe::now_ms(),
-            keep_alive: head.keep_alive,
+            // Draining: this is the connection's last response.
+            keep_alive: head.keep_alive && !super::shutdown::draining(),
         };
+        let req_keep_alive = req.keep_alive;
+        core.active.set(core.active.get() + 1);
         let next = lifecycle::serve(&core, &mut conn, Input::Request(&req)).await;
-        if next == Next::Close || !head.keep_alive {
+        core.active.set(core.active.get() - 1);
+        if next == Next::Close || !req_keep_alive {
             return;
         }
         buf.drain(..consumed);

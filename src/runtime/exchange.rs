@@ -14,6 +14,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use super::Core;
+use super::shutdown::Shutdown;
 use super::watch::{Armed, Wait};
 use crate::error::RouterError;
 use crate::http::{self, ChunkedDecoder, ResponseFraming, ResponseHead};
@@ -88,7 +89,13 @@ pub async fn send(
         resp.clear();
         loop {
             match armed
-                .read(client, &mut up, std::mem::take(resp), timeout)
+                .read(
+                    client,
+                    &core.shutdown,
+                    &mut up,
+                    std::mem::take(resp),
+                    timeout,
+                )
                 .await
             {
                 Wait::Done((r, b)) => {
@@ -153,6 +160,7 @@ pub async fn send(
                     ));
                 }
                 Wait::ClientGone => return Err(RouterError::client_gone()),
+                Wait::Shutdown => return Err(RouterError::shutting_down()),
             }
         }
     }
@@ -172,11 +180,15 @@ pub fn first_byte_timeout(core: &Core, pidx: usize) -> Duration {
 async fn read_more(
     armed: &mut Armed,
     client: &TcpStream,
+    shutdown: &Shutdown,
     up: &mut Conn,
     resp: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<bool, BodyEnd> {
-    match armed.read(client, up, std::mem::take(resp), timeout).await {
+    match armed
+        .read(client, shutdown, up, std::mem::take(resp), timeout)
+        .await
+    {
         Wait::Done((r, b)) => {
             *resp = b;
             match r {
@@ -186,6 +198,7 @@ async fn read_more(
         }
         Wait::TimedOut => Err(BodyEnd::TimedOut),
         Wait::ClientGone => Err(BodyEnd::ClientGone),
+        Wait::Shutdown => Err(BodyEnd::Shutdown),
     }
 }
 
@@ -193,6 +206,7 @@ async fn read_more(
 enum BodyEnd {
     ClientGone,
     TimedOut,
+    Shutdown,
     Bad(String),
 }
 
@@ -220,6 +234,7 @@ pub async fn read_body(
     read_whole_body(
         armed,
         client,
+        &core.shutdown,
         &mut reply.up,
         resp,
         body,
@@ -231,6 +246,7 @@ pub async fn read_body(
         let provider = &core.snap.config.providers[pidx];
         match end {
             BodyEnd::ClientGone => RouterError::client_gone(),
+            BodyEnd::Shutdown => RouterError::shutting_down(),
             BodyEnd::TimedOut => RouterError::upstream_timeout(
                 &provider.name,
                 &core.snap.targets[pidx].display,
@@ -241,9 +257,11 @@ pub async fn read_body(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_whole_body(
     armed: &mut Armed,
     client: &TcpStream,
+    shutdown: &Shutdown,
     up: &mut Conn,
     resp: &mut Vec<u8>,
     body: &mut Vec<u8>,
@@ -266,7 +284,7 @@ async fn read_whole_body(
             }
             let need = head.head_len + n as usize;
             while resp.len() < need {
-                if !read_more(armed, client, up, resp, timeout).await? {
+                if !read_more(armed, client, shutdown, up, resp, timeout).await? {
                     return Err(BodyEnd::Bad(TRUNCATED.into()));
                 }
             }
@@ -303,13 +321,13 @@ async fn read_whole_body(
                 // Decoded bytes are no longer needed: keep the head and the undecoded tail.
                 resp.drain(head.head_len..pos);
                 pos = head.head_len;
-                if !read_more(armed, client, up, resp, timeout).await? {
+                if !read_more(armed, client, shutdown, up, resp, timeout).await? {
                     return Err(BodyEnd::Bad(TRUNCATED.into()));
                 }
             }
         }
         ResponseFraming::UntilClose => {
-            while read_more(armed, client, up, resp, timeout).await? {
+            while read_more(armed, client, shutdown, up, resp, timeout).await? {
                 if resp.len() - head.head_len > MAX_UPSTREAM_BODY {
                     return Err(BodyEnd::Bad(TOO_LARGE.into()));
                 }

@@ -199,6 +199,19 @@ async fn handle(
         ("POST", "/v1/responses") => {
             return chat(core, conn, req, ctx, run, Format::Responses).await;
         }
+        ("GET" | "HEAD", "/health") if super::shutdown::draining() => {
+            // A load balancer stops sending to a draining router.
+            respond::simple(
+                conn,
+                503,
+                b"text/plain",
+                b"draining",
+                req.method == "HEAD",
+                true,
+            );
+            ctx.status = 503;
+            ctx.overhead_us = req.t0.elapsed().as_micros() as u64;
+        }
         ("GET" | "HEAD", "/health") => fixed(conn, ctx, b"text/plain", b"ok"),
         ("GET" | "HEAD", "/") => fixed(
             conn,

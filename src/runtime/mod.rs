@@ -11,6 +11,7 @@ mod parse;
 mod relay;
 mod request;
 mod respond;
+pub mod shutdown;
 mod translate;
 mod watch;
 
@@ -157,6 +158,10 @@ pub struct Core {
     pub rng: RefCell<Rng>,
     pub worker: usize,
     next_id: Cell<u64>,
+    /// Requests being served on this core (drain waits for 0).
+    pub active: Cell<usize>,
+    /// Fired at this core's drain deadline.
+    pub shutdown: shutdown::Shutdown,
 }
 
 impl Core {
@@ -183,6 +188,8 @@ impl Core {
             rng: RefCell::new(Rng::new(seed)),
             worker,
             next_id: Cell::new(0),
+            active: Cell::new(0),
+            shutdown: shutdown::Shutdown::default(),
         }
     }
 
@@ -226,10 +233,46 @@ pub struct Server {
     pub addr: SocketAddr,
     pub driver: DriverKind,
     threads: Vec<JoinHandle<()>>,
+    /// One end of each worker's wake-up pipe: a byte starts its drain.
+    drain_tx: Vec<std::os::unix::net::UnixStream>,
+}
+
+/// Starts a drain from another thread (the signal thread).
+pub struct Drainer {
+    txs: Vec<std::os::unix::net::UnixStream>,
+}
+
+impl Drainer {
+    /// Start draining: see [`Server::drain`].
+    pub fn drain(&self) {
+        shutdown::DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+        for tx in &self.txs {
+            let _ = std::io::Write::write_all(&mut &*tx, b"d");
+        }
+    }
 }
 
 impl Server {
-    /// Block until every worker exits (they run until the process ends).
+    /// A handle that starts the drain from another thread.
+    pub fn drainer(&self) -> io::Result<Drainer> {
+        let txs = self
+            .drain_tx
+            .iter()
+            .map(|t| t.try_clone())
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Drainer { txs })
+    }
+
+    /// Start draining: every worker stops accepting, finishes what it
+    /// serves (up to `drain_timeout_ms`), flushes its log batch and exits.
+    pub fn drain(&self) {
+        shutdown::DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+        for tx in &self.drain_tx {
+            let _ = std::io::Write::write_all(&mut &*tx, b"d");
+        }
+    }
+
+    /// Block until every worker exits (after a drain).
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
@@ -253,12 +296,15 @@ pub fn start(snap: Arc<Snapshot>) -> io::Result<Server> {
     let driver = DriverKind::detect();
     let mut threads = Vec::new();
     let mut bound = addr;
+    let mut drain_tx = Vec::new();
     for worker in 0..cfg.workers.max(1) {
         let (tx, rx) = mpsc::channel();
         let snap = snap.clone();
+        let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()?;
+        drain_tx.push(wake_tx);
         let t = std::thread::Builder::new()
             .name(format!("worker-{worker}"))
-            .spawn(move || run_worker(worker, snap, bound, driver, tx))?;
+            .spawn(move || run_worker(worker, snap, bound, driver, tx, wake_rx))?;
         match rx.recv() {
             Ok(Ok(local)) => bound = local,
             Ok(Err(e)) => return Err(e),
@@ -270,6 +316,7 @@ pub fn start(snap: Arc<Snapshot>) -> io::Result<Server> {
         addr: bound,
         driver,
         threads,
+        drain_tx,
     })
 }
 
@@ -279,17 +326,18 @@ fn run_worker(
     addr: SocketAddr,
     driver: DriverKind,
     ready: mpsc::Sender<io::Result<SocketAddr>>,
+    wake: std::os::unix::net::UnixStream,
 ) {
     let result = match driver {
         DriverKind::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(4096)
             .enable_timer()
             .build()
-            .map(|mut rt| rt.block_on(worker_main(worker, snap, addr, ready.clone()))),
+            .map(|mut rt| rt.block_on(worker_main(worker, snap, addr, ready.clone(), wake))),
         DriverKind::Legacy => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
-            .map(|mut rt| rt.block_on(worker_main(worker, snap, addr, ready.clone()))),
+            .map(|mut rt| rt.block_on(worker_main(worker, snap, addr, ready.clone(), wake))),
     };
     if let Err(e) = result {
         let _ = ready.send(Err(e));
@@ -301,6 +349,7 @@ async fn worker_main(
     snap: Arc<Snapshot>,
     addr: SocketAddr,
     ready: mpsc::Sender<io::Result<SocketAddr>>,
+    wake: std::os::unix::net::UnixStream,
 ) {
     let opts = ListenerOpts::new()
         .reuse_port(true)
@@ -322,8 +371,23 @@ async fn worker_main(
     if let Some(log) = &core.log {
         monoio::spawn(log.clone().run_flusher());
     }
+    let wake = monoio::net::UnixStream::from_std(wake);
+    let mut drain_signal = std::pin::pin!(async move {
+        use monoio::io::AsyncReadRent;
+        match wake {
+            Ok(mut w) => {
+                let _ = w.read(vec![0u8; 1]).await;
+            }
+            // No wake-up pipe: this worker is only stopped with the process.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    });
     loop {
-        match listener.accept().await {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = &mut drain_signal => break,
+        };
+        match accepted {
             Ok((stream, _peer)) => {
                 let _ = stream.set_nodelay(true);
                 monoio::spawn(conn::serve(stream, core.clone()));
@@ -334,5 +398,31 @@ async fn worker_main(
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+    // Draining: no new connections; let what is in flight finish.
+    drop(listener);
+    drain(&core).await;
+}
+
+/// Wait for this core's requests to finish, up to `drain_timeout_ms`; then
+/// end what remains (streams get their error event) and hand the log batch
+/// over.
+async fn drain(core: &Core) {
+    let timeout = Duration::from_millis(core.snap.config.server.drain_timeout_ms);
+    let deadline = std::time::Instant::now() + timeout;
+    let poll = Duration::from_millis(5);
+    while core.active.get() > 0 && std::time::Instant::now() < deadline {
+        monoio::time::sleep(poll).await;
+    }
+    if core.active.get() > 0 {
+        core.shutdown.fire();
+        // Each request ends at its next wake-up: give them a moment to write it.
+        let grace = std::time::Instant::now() + Duration::from_secs(2);
+        while core.active.get() > 0 && std::time::Instant::now() < grace {
+            monoio::time::sleep(poll).await;
+        }
+    }
+    if let Some(log) = &core.log {
+        log.flush_now();
     }
 }

@@ -257,7 +257,15 @@ pub async fn relay_stream(
                 (every, comment)
             });
         match armed
-            .read_stream(&mut conn.stream, up, buf, wait, keepalive, write_timeout)
+            .read_stream(
+                &mut conn.stream,
+                &core.shutdown,
+                up,
+                buf,
+                wait,
+                keepalive,
+                write_timeout,
+            )
             .await
         {
             Wait::Done((Ok(k), b)) if k > 0 => *resp = b,
@@ -284,6 +292,11 @@ pub async fn relay_stream(
                 ));
             }
             Wait::ClientGone => break Relay::ClientGone,
+            Wait::Shutdown => {
+                break Relay::UpstreamFailed(
+                    "the router is shutting down (drain_timeout_ms passed)".to_string(),
+                );
+            }
         }
     };
     let text = match &mut mode {

@@ -15,6 +15,7 @@ use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use super::shutdown::Shutdown;
 use crate::upstream::{Peek, peek};
 
 /// Start watching for the duration of one upstream exchange.
@@ -34,6 +35,8 @@ pub enum Wait<T> {
     Done(T),
     ClientGone,
     TimedOut,
+    /// The core's drain deadline passed (see `runtime/shutdown.rs`).
+    Shutdown,
 }
 
 impl Armed {
@@ -44,6 +47,7 @@ impl Armed {
     pub async fn read<R: AsyncReadRent>(
         &mut self,
         client: &TcpStream,
+        shutdown: &Shutdown,
         upstream: &mut R,
         mut buf: Vec<u8>,
         timeout: Duration,
@@ -61,11 +65,13 @@ impl Armed {
                 return monoio::select! {
                     (r, b) = &mut read => Wait::Done((r, b.into_inner())),
                     _ = &mut sleep => Wait::TimedOut,
+                    _ = shutdown.wait() => Wait::Shutdown,
                 };
             }
             monoio::select! {
                 (r, b) = &mut read => return Wait::Done((r, b.into_inner())),
                 _ = &mut sleep => return Wait::TimedOut,
+                _ = shutdown.wait() => return Wait::Shutdown,
                 r = client.readable(false) => {
                     if r.is_err() {
                         return Wait::ClientGone;
@@ -86,6 +92,7 @@ enum StreamEv<T> {
     Read(T),
     Slept,
     Client(io::Result<()>),
+    Shutdown,
 }
 
 impl Armed {
@@ -96,9 +103,11 @@ impl Armed {
     /// read stays posted while the comment is written, so no upstream byte
     /// is lost to a tick; a client write that fails or makes no progress for
     /// `write_timeout` means the client is gone.
+    #[allow(clippy::too_many_arguments)]
     pub async fn read_stream<R: AsyncReadRent>(
         &mut self,
         client: &mut TcpStream,
+        shutdown: &Shutdown,
         upstream: &mut R,
         mut buf: Vec<u8>,
         idle: Duration,
@@ -126,11 +135,13 @@ impl Armed {
                     r = &mut read => StreamEv::Read(r),
                     _ = monoio::time::sleep(wait) => StreamEv::Slept,
                     r = client.readable(false) => StreamEv::Client(r),
+                    _ = shutdown.wait() => StreamEv::Shutdown,
                 }
             } else {
                 monoio::select! {
                     r = &mut read => StreamEv::Read(r),
                     _ = monoio::time::sleep(wait) => StreamEv::Slept,
+                    _ = shutdown.wait() => StreamEv::Shutdown,
                 }
             };
             match ev {
@@ -144,6 +155,7 @@ impl Armed {
                         _ => return Wait::ClientGone,
                     }
                 }
+                StreamEv::Shutdown => return Wait::Shutdown,
                 StreamEv::Client(Err(_)) => return Wait::ClientGone,
                 StreamEv::Client(Ok(())) => match peek(client.as_raw_fd()) {
                     Peek::Closed => return Wait::ClientGone,
