@@ -808,6 +808,7 @@ fn bench_route(c: &mut Criterion) {
         tags: &tags,
         needs_vision: false,
         needs_tools: true,
+        exclude: &[],
     };
     let mut rng = Rng::new(1);
     let d = route::resolve(&cfg.routers, &cfg.providers, &discovery, &input, &mut rng)

@@ -48,6 +48,9 @@ pub struct RouterError {
     pub message: String,
     /// Close the client connection after answering (framing errors).
     pub close: bool,
+    /// The provider failed before sending a response head (refused, reset,
+    /// closed, silent): another provider may be tried.
+    pub failover: bool,
 }
 
 impl RouterError {
@@ -69,6 +72,7 @@ impl RouterError {
             code,
             message,
             close: false,
+            failover: false,
         }
     }
 
@@ -140,13 +144,15 @@ impl RouterError {
     }
 
     pub fn upstream_connect(provider: &str, addr: &str, reason: &str) -> Self {
-        Self::new(
+        let mut e = Self::new(
             Side::Upstream,
             502,
             "upstream_error",
             Some("upstream_connect_failed"),
             format!("provider '{provider}' at {addr} is unreachable: {reason}"),
-        )
+        );
+        e.failover = true;
+        e
     }
 
     pub fn upstream_bad_response(provider: &str, reason: &str) -> Self {
@@ -160,13 +166,36 @@ impl RouterError {
     }
 
     pub fn upstream_timeout(provider: &str, addr: &str, ms: u64) -> Self {
-        Self::new(
+        let mut e = Self::new(
             Side::Upstream,
             504,
             "upstream_error",
             Some("upstream_timeout"),
             format!("provider '{provider}' at {addr} sent no response within {ms} ms"),
-        )
+        );
+        e.failover = true;
+        e
+    }
+
+    /// The provider answered a status configured for failover
+    /// (`retry_on_status`) while another candidate remained.
+    pub fn upstream_status(provider: &str, status: u16) -> Self {
+        let mut e = Self::new(
+            Side::Upstream,
+            502,
+            "upstream_error",
+            Some("upstream_status"),
+            format!("provider '{provider}' answered {status}"),
+        );
+        e.failover = true;
+        e
+    }
+
+    /// The provider's connection failed (reset, closed) before a response head.
+    pub fn upstream_closed(provider: &str, reason: &str) -> Self {
+        let mut e = Self::upstream_bad_response(provider, reason);
+        e.failover = true;
+        e
     }
 
     /// The client went away before the response completed: nothing is

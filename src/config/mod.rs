@@ -212,6 +212,18 @@ pub struct ServerConfig {
     /// New key: on SIGTERM/SIGINT, how long in-flight requests and streams
     /// may take to finish before they are ended (default 30 000 ms).
     pub drain_timeout_ms: u64,
+    /// New key: providers tried for one request, the first included
+    /// (default 3; 1 = no failover).
+    pub max_attempts: usize,
+    /// New key: provider statuses that fail over to the next candidate when
+    /// one remains (default 429, 500, 502, 503, 504).
+    pub retry_on_status: Vec<u16>,
+    /// New key: retries on a core stay below this share of its requests
+    /// (plus 10), so an outage does not become a retry storm (default 0.2).
+    pub retry_budget: f64,
+    /// New key: no new attempt starts this long after the request began
+    /// (default 30 000 ms).
+    pub retry_deadline_ms: u64,
     /// New key: idle TTL of pooled upstream connections (default 4 000 ms; vLLM drops at ~5 s).
     pub pool_idle_ttl_ms: u64,
     /// New key: max idle pooled connections per provider per core (default 64).

@@ -54,6 +54,10 @@ pub struct RawServer {
     pub stream_idle_timeout_ms: Option<u64>,
     pub sse_keepalive_ms: Option<u64>,
     pub drain_timeout_ms: Option<u64>,
+    pub max_attempts: Option<usize>,
+    pub retry_on_status: Option<Vec<u16>>,
+    pub retry_budget: Option<f64>,
+    pub retry_deadline_ms: Option<u64>,
     pub pool_idle_ttl_ms: Option<u64>,
     pub pool_max_idle: Option<usize>,
 }

@@ -182,6 +182,31 @@ fn server(
         )?,
         sse_keepalive_ms: s.sse_keepalive_ms.unwrap_or(DEFAULT_SSE_KEEPALIVE_MS),
         drain_timeout_ms: s.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS),
+        max_attempts: at_least_one("max_attempts", s.max_attempts.unwrap_or(3) as u64)? as usize,
+        retry_on_status: match s.retry_on_status {
+            None => vec![429, 500, 502, 503, 504],
+            Some(list) => {
+                if let Some(bad) = list.iter().find(|s| !(400..=599).contains(*s)) {
+                    return Err(doc.err(
+                        &at("retry_on_status"),
+                        format!(
+                            "[server]: `retry_on_status` holds {bad}: only 4xx and 5xx statuses"
+                        ),
+                    ));
+                }
+                list
+            }
+        },
+        retry_budget: match s.retry_budget.unwrap_or(0.2) {
+            b if (0.0..=1.0).contains(&b) => b,
+            b => {
+                return Err(doc.err(
+                    &at("retry_budget"),
+                    format!("[server]: `retry_budget` must be between 0 and 1, got {b}"),
+                ));
+            }
+        },
+        retry_deadline_ms: s.retry_deadline_ms.unwrap_or(30_000),
         pool_idle_ttl_ms: s.pool_idle_ttl_ms.unwrap_or(DEFAULT_POOL_IDLE_TTL_MS),
         pool_max_idle: s.pool_max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
     })

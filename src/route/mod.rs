@@ -34,6 +34,8 @@ pub struct RouteInput<'a> {
     pub needs_vision: bool,
     /// The request declares tools (needs the `tools` capability).
     pub needs_tools: bool,
+    /// Providers already tried for this request (failover): never candidates.
+    pub exclude: &'a [usize],
 }
 
 /// The outcome of a resolving rule.
@@ -234,7 +236,9 @@ impl Ctx<'_> {
     /// the capabilities of the model that would be sent — has those the
     /// request needs. `model`: the rewrite, `None` = the requested model.
     fn usable(&self, provider: usize, model: Option<&str>) -> bool {
-        if !self.providers.get(provider).is_some_and(Provider::active) {
+        if !self.providers.get(provider).is_some_and(Provider::active)
+            || self.input.exclude.contains(&provider)
+        {
             return false;
         }
         let input = self.input;

@@ -48,6 +48,7 @@ fn input<'a>(model: &'a str, tags: &'a [&'a str]) -> RouteInput<'a> {
         tags,
         needs_vision: false,
         needs_tools: false,
+        exclude: &[],
     }
 }
 
@@ -621,6 +622,7 @@ fn capability_filter_passes_to_the_next_rule() {
         tags: &[],
         needs_vision: false,
         needs_tools: true,
+        exclude: &[],
     };
     assert_eq!(
         route_with(&rules, &providers, &discovery, &tools_only).map(|r| r.0),

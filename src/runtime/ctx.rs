@@ -38,6 +38,8 @@ pub struct Ctx<'a> {
     pub output_tokens: Option<u64>,
     pub response_tags: Vec<&'static str>,
     pub attempts: Vec<usize>,
+    /// Each attempt's outcome and duration (ms), in `attempts` order.
+    pub attempt_outcomes: Vec<(&'static str, u64)>,
     /// Non-fatal problems (a plugin's `post_response`/`on_end` error), in the log line.
     pub warnings: Vec<String>,
     /// Facts plugins record (response-healing on streams), in the log line.
@@ -70,6 +72,7 @@ impl<'a> Ctx<'a> {
             output_tokens: None,
             response_tags: Vec::new(),
             attempts: Vec::new(),
+            attempt_outcomes: Vec::new(),
             warnings: Vec::new(),
             notes: Vec::new(),
         }
@@ -127,6 +130,9 @@ impl<'a> Ctx<'a> {
                 self.response_tags.join(",").as_bytes(),
             );
         }
+        if !self.attempts.is_empty() {
+            http::write_header_u64(out, b"x-router-attempts", self.attempts.len() as u64);
+        }
         if let Some(p) = self.provider_name() {
             http::write_header(out, b"x-router-provider", p.as_bytes());
         }
@@ -183,6 +189,27 @@ impl<'a> Ctx<'a> {
                 .iter()
                 .filter_map(|&i| self.provider_name_at(i)),
         );
+        if !self.attempt_outcomes.is_empty() {
+            let mut details = Vec::with_capacity(64 * self.attempt_outcomes.len());
+            details.push(b'[');
+            for (i, (&p, (outcome, ms))) in
+                self.attempts.iter().zip(&self.attempt_outcomes).enumerate()
+            {
+                if i > 0 {
+                    details.push(b',');
+                }
+                details.extend_from_slice(b"{\"provider\":");
+                crate::json::write_json_string(
+                    &mut details,
+                    self.provider_name_at(p).unwrap_or(""),
+                );
+                details.extend_from_slice(b",\"outcome\":");
+                crate::json::write_json_string(&mut details, outcome);
+                details.extend_from_slice(format!(",\"ms\":{ms}}}").as_bytes());
+            }
+            details.push(b']');
+            w.raw("attempt_details", &details);
+        }
         w.str("method", self.method);
         w.str("path", self.path);
         if !self.warnings.is_empty() {

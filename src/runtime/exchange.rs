@@ -106,7 +106,7 @@ pub async fn send(
                             retried = true;
                             continue 'attempt;
                         }
-                        return Err(RouterError::upstream_bad_response(
+                        return Err(RouterError::upstream_closed(
                             &provider.name,
                             &format!("read failed: {e}"),
                         ));
@@ -116,7 +116,7 @@ pub async fn send(
                             retried = true;
                             continue 'attempt;
                         }
-                        return Err(RouterError::upstream_bad_response(
+                        return Err(RouterError::upstream_closed(
                             &provider.name,
                             "connection closed before a complete response head",
                         ));

@@ -316,86 +316,151 @@ async fn chat(
         None => (&parsed, req.body),
     };
 
-    // route (a forced provider skips the rule chain, model unchanged)
-    let (pidx, rewrite) = match forced {
+    // route (a forced provider skips the rule chain, model unchanged), then
+    // the upstream exchange — and, when an attempt fails before any byte
+    // reached the client, the next candidate down the chain (failover).
+    let server = &snap.config.server;
+    core.budget_requests.set(core.budget_requests.get() + 1);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut next = match forced {
         Some(i) => (i, None),
-        None => route_request(core, ctx, parsed)?,
+        None => route_request(core, ctx, parsed, &tried)?,
     };
-    ctx.set_provider(pidx);
-    let sent_model = rewrite.clone().unwrap_or_else(|| parsed.model.clone());
-    ctx.sent_model = Some(sent_model.clone());
+    loop {
+        let (pidx, rewrite) = next;
+        let started = Instant::now();
+        ctx.set_provider(pidx);
+        let sent_model = rewrite.clone().unwrap_or_else(|| parsed.model.clone());
+        ctx.sent_model = Some(sent_model.clone());
+        let provider = &snap.config.providers[pidx];
+        if req.path.ends_with("/count_tokens") && provider.format != ProviderFormat::Anthropic {
+            // Never a fake count: only an Anthropic-format provider can answer.
+            return Err(RouterError::bad_request(format!(
+                "count_tokens needs an anthropic-format provider; model '{}' routes to '{}' ({} format)",
+                crate::error::quote(&parsed.model),
+                provider.name,
+                provider.format.as_str()
+            ))
+            .with_code("count_tokens_unsupported"));
+        }
+        let upstream = match provider.format {
+            ProviderFormat::Mock => {
+                ctx.attempt_outcomes.push(("ok", 0));
+                return answer_mock(core, conn, req, ctx, run, client, parsed).await;
+            }
+            ProviderFormat::OpenAi if client == Format::Responses && provider.responses => {
+                Format::Responses
+            }
+            ProviderFormat::OpenAi => Format::OpenAiChat,
+            ProviderFormat::Anthropic => Format::Anthropic,
+            ProviderFormat::Ollama => Format::Ollama,
+        };
+        // Whether a failure before the first byte may go to another provider:
+        // attempts, deadline and budget allow it, and a candidate remains.
+        // (On the stack: this runs for every request.)
+        let n = tried.len().min(MAX_EXCLUDED - 1);
+        let mut excluded = [usize::MAX; MAX_EXCLUDED];
+        excluded[..n].copy_from_slice(&tried[..n]);
+        excluded[n] = pidx;
+        let excluded = &excluded[..=n];
+        let alternative = if forced.is_none()
+            && ctx.attempts.len() < server.max_attempts
+            && req.t0.elapsed() < Duration::from_millis(server.retry_deadline_ms)
+            && (core.budget_retries.get() as f64)
+                < server.retry_budget * core.budget_requests.get() as f64 + 10.0
+        {
+            route_request(core, ctx, parsed, excluded).ok()
+        } else {
+            None
+        };
+        let plan = Plan {
+            pidx,
+            client,
+            upstream,
+            passthrough: upstream == client,
+            include_usage: parsed.include_usage,
+        };
+        let mut up_req = std::mem::take(&mut conn.up_req);
+        let mut resp = std::mem::take(&mut conn.up_resp);
+        let mut up_body = std::mem::take(&mut conn.up_body);
+        up_req.clear();
+        resp.clear();
+        up_body.clear();
+        let result = async {
+            if provider.scheme == Scheme::Https && !snap.tls_ready(pidx) {
+                return Err(RouterError::upstream_connect(
+                    &provider.name,
+                    &snap.targets[pidx].display,
+                    "TLS is not available for this provider",
+                ));
+            }
+            build(
+                core,
+                req,
+                &plan,
+                parsed,
+                body,
+                rewrite.as_deref(),
+                sent_model,
+                &mut up_req,
+            )?;
+            upstream_call(
+                core,
+                conn,
+                req,
+                ctx,
+                run,
+                &plan,
+                alternative.is_some(),
+                &mut up_req,
+                &mut resp,
+                &mut up_body,
+            )
+            .await
+        }
+        .await;
+        conn.up_req = up_req;
+        conn.up_resp = resp;
+        conn.up_body = up_body;
+        let ms = started.elapsed().as_millis() as u64;
+        match (result, alternative) {
+            (Err(e), Some(alt)) if e.failover => {
+                ctx.attempt_outcomes.push((outcome_of(&e), ms));
+                core.budget_retries.set(core.budget_retries.get() + 1);
+                tried.push(pidx);
+                // The next attempt starts clean.
+                ctx.status = 0;
+                ctx.error = None;
+                ctx.ttft_ms = None;
+                next = alt;
+            }
+            (result, _) => {
+                let outcome = match &result {
+                    Ok(_) => "ok",
+                    Err(e) => outcome_of(e),
+                };
+                ctx.attempt_outcomes.push((outcome, ms));
+                return result;
+            }
+        }
+    }
+}
 
-    let provider = &snap.config.providers[pidx];
-    if req.path.ends_with("/count_tokens") && provider.format != ProviderFormat::Anthropic {
-        // Never a fake count: only an Anthropic-format provider can answer.
-        return Err(RouterError::bad_request(format!(
-            "count_tokens needs an anthropic-format provider; model '{}' routes to '{}' ({} format)",
-            crate::error::quote(&parsed.model),
-            provider.name,
-            provider.format.as_str()
-        ))
-        .with_code("count_tokens_unsupported"));
+/// Providers a request's failover can skip (more attempts than this reuse
+/// the earliest exclusions).
+const MAX_EXCLUDED: usize = 16;
+
+/// A failed attempt's outcome, for the log line's `attempt_details`.
+fn outcome_of(e: &RouterError) -> &'static str {
+    match e.code {
+        Some("upstream_connect_failed") => "connect_failed",
+        Some("upstream_timeout") => "timeout",
+        Some("upstream_status") => "retry_status",
+        Some("client_closed") => "client_closed",
+        _ if e.is_client_gone() => "client_closed",
+        _ if e.failover => "closed_before_head",
+        _ => "error",
     }
-    let upstream = match provider.format {
-        ProviderFormat::Mock => {
-            return answer_mock(core, conn, req, ctx, run, client, parsed).await;
-        }
-        ProviderFormat::OpenAi if client == Format::Responses && provider.responses => {
-            Format::Responses
-        }
-        ProviderFormat::OpenAi => Format::OpenAiChat,
-        ProviderFormat::Anthropic => Format::Anthropic,
-        ProviderFormat::Ollama => Format::Ollama,
-    };
-    if provider.scheme == Scheme::Https && !snap.tls_ready(pidx) {
-        return Err(RouterError::upstream_connect(
-            &provider.name,
-            &snap.targets[pidx].display,
-            "TLS is not available for this provider",
-        ));
-    }
-    let plan = Plan {
-        pidx,
-        client,
-        upstream,
-        passthrough: upstream == client,
-        include_usage: parsed.include_usage,
-    };
-    let mut up_req = std::mem::take(&mut conn.up_req);
-    let mut resp = std::mem::take(&mut conn.up_resp);
-    let mut up_body = std::mem::take(&mut conn.up_body);
-    up_req.clear();
-    resp.clear();
-    up_body.clear();
-    let result = async {
-        build(
-            core,
-            req,
-            &plan,
-            parsed,
-            body,
-            rewrite.as_deref(),
-            sent_model,
-            &mut up_req,
-        )?;
-        upstream_call(
-            core,
-            conn,
-            req,
-            ctx,
-            run,
-            &plan,
-            &mut up_req,
-            &mut resp,
-            &mut up_body,
-        )
-        .await
-    }
-    .await;
-    conn.up_req = up_req;
-    conn.up_resp = resp;
-    conn.up_body = up_body;
-    result
 }
 
 /// The rule chain.
@@ -403,6 +468,7 @@ fn route_request(
     core: &Core,
     ctx: &Ctx<'_>,
     parsed: &Parsed,
+    exclude: &[usize],
 ) -> Result<(usize, Option<String>), RouterError> {
     let snap = &core.snap;
     // The tag names as a slice, on the stack unless more than 64 tags matched.
@@ -424,6 +490,7 @@ fn route_request(
         tags,
         needs_vision: parsed.has_images,
         needs_tools: parsed.has_tools,
+        exclude,
     };
     let mut rng = core.rng.borrow_mut();
     match route::resolve(
@@ -496,6 +563,7 @@ async fn upstream_call(
     ctx: &mut Ctx<'_>,
     run: &mut Run,
     plan: &Plan,
+    failover: bool,
     up_req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
     body: &mut Vec<u8>,
@@ -508,6 +576,21 @@ async fn upstream_call(
     // (connecting is the upstream's).
     ctx.overhead_us = (built - req.t0).as_micros() as u64;
     let mut reply = sent?;
+    if failover
+        && core
+            .snap
+            .config
+            .server
+            .retry_on_status
+            .contains(&reply.head.status)
+    {
+        // Another candidate will be tried: this answer goes to nobody, and
+        // its connection (body unread) is closed.
+        return Err(RouterError::upstream_status(
+            &core.snap.config.providers[pidx].name,
+            reply.head.status,
+        ));
+    }
     let head = reply.head.clone();
     let t_head = Instant::now();
     ctx.ttft_ms = Some(ms(t_head - req.t0));

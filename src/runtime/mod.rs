@@ -162,6 +162,9 @@ pub struct Core {
     pub active: Cell<usize>,
     /// Fired at this core's drain deadline.
     pub shutdown: shutdown::Shutdown,
+    /// Chat requests and failover retries on this core (the retry budget).
+    pub budget_requests: Cell<u64>,
+    pub budget_retries: Cell<u64>,
 }
 
 impl Core {
@@ -190,6 +193,8 @@ impl Core {
             next_id: Cell::new(0),
             active: Cell::new(0),
             shutdown: shutdown::Shutdown::default(),
+            budget_requests: Cell::new(0),
+            budget_retries: Cell::new(0),
         }
     }
 
