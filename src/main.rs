@@ -137,9 +137,47 @@ fn handled_signals() -> libc::sigset_t {
     }
 }
 
-/// SIGTERM/SIGINT: drain (a second one: exit at once). SIGHUP: not a
-/// reload in this build; said and ignored (it no longer ends the router).
-fn signal_thread(set: libc::sigset_t, drainer: runtime::Drainer) {
+/// SIGHUP: read the config again (from where it was read at startup). A bad
+/// one is refused with the same error text as `check`, and the running one
+/// keeps serving; a good one is published to every worker.
+fn reload(path: Option<&str>, running: &config::ServerConfig) {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            diag::error(&format!("reload refused, the running config stays: {e}"));
+            return;
+        }
+    };
+    for w in &cfg.warnings {
+        diag::warn(w);
+    }
+    let s = &cfg.server;
+    if (s.host.as_str(), s.port, s.workers)
+        != (running.host.as_str(), running.port, running.workers)
+    {
+        diag::warn(
+            "reload: [server] host, port and workers need a restart; the running values stay",
+        );
+    }
+    match runtime::Snapshot::build(cfg) {
+        Ok((snap, warnings)) => {
+            for w in &warnings {
+                diag::warn(w);
+            }
+            let generation = runtime::publish(snap);
+            diag::always(&format!("config reloaded (generation {generation})"));
+        }
+        Err(e) => diag::error(&format!("reload refused, the running config stays: {e}")),
+    }
+}
+
+/// SIGTERM/SIGINT: drain (a second one: exit at once). SIGHUP: reload.
+fn signal_thread(
+    set: libc::sigset_t,
+    drainer: runtime::Drainer,
+    path: Option<String>,
+    running: config::ServerConfig,
+) {
     let mut draining = false;
     loop {
         let mut sig: libc::c_int = 0;
@@ -148,9 +186,7 @@ fn signal_thread(set: libc::sigset_t, drainer: runtime::Drainer) {
             continue;
         }
         match sig {
-            libc::SIGHUP => {
-                diag::warn("SIGHUP: configuration reload is not supported by this build; ignored")
-            }
+            libc::SIGHUP => reload(path.as_deref(), &running),
             _ if draining => {
                 diag::always("second signal: exiting now");
                 std::process::exit(128 + sig);
@@ -197,6 +233,7 @@ fn serve(path: Option<&str>) -> ExitCode {
         diag::warn(w);
     }
     let workers = snapshot.config.server.workers;
+    let running = snapshot.config.server.clone();
     let source = snapshot.config.source.clone();
     let server = match runtime::start(Arc::new(snapshot)) {
         Ok(s) => s,
@@ -212,9 +249,10 @@ fn serve(path: Option<&str>) -> ExitCode {
     ));
     match server.drainer() {
         Ok(drainer) => {
+            let path = path.map(str::to_string);
             let _ = std::thread::Builder::new()
                 .name("signals".into())
-                .spawn(move || signal_thread(signals, drainer));
+                .spawn(move || signal_thread(signals, drainer, path, running));
         }
         Err(e) => diag::warn(&format!("no graceful drain: {e}")),
     }

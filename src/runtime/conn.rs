@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use super::Core;
 use super::lifecycle::{self, Input};
 use super::request::{ClientConn, Next, Request};
 use super::watch::read_append;
+use super::{Core, Worker};
 use crate::error::RouterError;
 use crate::http::{self, BodyFraming, ChunkedDecoder, HeadLimits, ParseStatus, Version};
 
@@ -22,18 +22,25 @@ use crate::http::{self, BodyFraming, ChunkedDecoder, HeadLimits, ParseStatus, Ve
 /// (after a big request) are shrunk back to this.
 const IDLE_BUF: usize = 8 * 1024;
 
-/// Serve one client connection until it closes, errs or times out.
-pub async fn serve(stream: TcpStream, core: Rc<Core>) {
-    let server = &core.snap.config.server;
-    let limits = HeadLimits {
-        max_head_bytes: server.max_head_bytes,
-        max_headers: 100,
-    };
-    let idle_timeout = Duration::from_millis(server.idle_timeout_ms);
-    let header_timeout = Duration::from_millis(server.header_timeout_ms);
-    let mut conn = ClientConn::new(stream, Duration::from_millis(server.write_timeout_ms));
+/// Serve one client connection until it closes, errs or times out. Each
+/// request is served by the worker's current core: after a reload, the next
+/// request on a kept-alive connection already uses the new config.
+pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
+    let mut core = worker.core();
+    let write_timeout = Duration::from_millis(core.snap.config.server.write_timeout_ms);
+    let mut conn = ClientConn::new(stream, write_timeout);
     let mut buf: Vec<u8> = Vec::with_capacity(IDLE_BUF);
     loop {
+        if core.snap.generation != super::GENERATION.load(std::sync::atomic::Ordering::Relaxed) {
+            core = worker.core();
+        }
+        let server = &core.snap.config.server;
+        let limits = HeadLimits {
+            max_head_bytes: server.max_head_bytes,
+            max_headers: 100,
+        };
+        let idle_timeout = Duration::from_millis(server.idle_timeout_ms);
+        let header_timeout = Duration::from_millis(server.header_timeout_ms);
         // 1. The head: idle timeout until its first byte, then a whole-head deadline.
         let mut head_deadline: Option<Instant> = None;
         let head = loop {
@@ -69,6 +76,12 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
         };
         let t0 = Instant::now();
         conn.http10 = head.version == Version::Http10;
+        // A reload published while this connection waited for the head
+        // applies to this request.
+        if core.snap.generation != super::GENERATION.load(std::sync::atomic::Ordering::Relaxed) {
+            core = worker.core();
+        }
+        let server = &core.snap.config.server;
 
         // 2. The body, bounded by the configured limit.
         let max_body = server.max_body_bytes;

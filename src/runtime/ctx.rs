@@ -212,6 +212,7 @@ impl<'a> Ctx<'a> {
         }
         w.str("method", self.method);
         w.str("path", self.path);
+        w.u64("config_generation", self.snap.generation);
         if !self.warnings.is_empty() {
             w.str_array("warnings", self.warnings.iter().map(String::as_str));
         }

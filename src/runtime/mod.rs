@@ -45,6 +45,8 @@ pub struct Snapshot {
     pub log: Option<LogSender>,
     /// One TLS connector per `https://` provider (index = provider index).
     pub tls: Vec<Option<TlsConnector>>,
+    /// 0 for the config the router started with, +1 per reload (SIGHUP).
+    pub generation: u64,
 }
 
 impl Snapshot {
@@ -132,6 +134,7 @@ impl Snapshot {
                 models_body,
                 log,
                 tls,
+                generation: 0,
             },
             warnings,
         ))
@@ -146,6 +149,91 @@ impl Snapshot {
     }
 }
 
+/// The generation of the newest published snapshot (0 = the one the
+/// router started with). One relaxed load per request tells a worker
+/// whether to pick up a reload.
+pub static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The newest snapshot a reload published (rare path: locked only when a
+/// worker sees a new generation).
+static PUBLISHED: std::sync::Mutex<Option<Arc<Snapshot>>> = std::sync::Mutex::new(None);
+
+/// Publish `snap` to every worker (a reload): requests that start from now
+/// on use it; requests in flight finish on the snapshot they started with.
+/// Returns its generation.
+pub fn publish(mut snap: Snapshot) -> u64 {
+    use std::sync::atomic::Ordering;
+    let generation = GENERATION.load(Ordering::Acquire) + 1;
+    snap.generation = generation;
+    if let Ok(mut slot) = PUBLISHED.lock() {
+        *slot = Some(Arc::new(snap));
+    }
+    GENERATION.store(generation, Ordering::Release);
+    generation
+}
+
+/// One worker's view: its current core (rebuilt when a reload is
+/// published) and what every core of the worker shares.
+pub struct Worker {
+    id: usize,
+    current: RefCell<Rc<Core>>,
+    seen: Cell<u64>,
+}
+
+impl Worker {
+    fn new(core: Rc<Core>) -> Self {
+        Worker {
+            id: core.worker,
+            seen: Cell::new(core.snap.generation),
+            current: RefCell::new(core),
+        }
+    }
+
+    /// The core for a request starting now: the current one, or — after a
+    /// reload was published — a new one built from the new snapshot, which
+    /// keeps the old core's connection pools when the providers are the same.
+    pub fn core(&self) -> Rc<Core> {
+        use std::sync::atomic::Ordering;
+        let generation = GENERATION.load(Ordering::Relaxed);
+        if generation != self.seen.get() {
+            let snap = PUBLISHED.lock().ok().and_then(|s| s.clone());
+            if let Some(snap) = snap {
+                let old = self.current.borrow().clone();
+                let mut core = Core::new(self.id, snap);
+                core.active = old.active.clone();
+                core.shutdown = old.shutdown.clone();
+                if same_upstreams(&old.snap, &core.snap) {
+                    core.pools.adopt(&old.pools);
+                }
+                let core = Rc::new(core);
+                if let Some(log) = &core.log {
+                    monoio::spawn(log.clone().run_flusher());
+                }
+                *self.current.borrow_mut() = core;
+            }
+            self.seen.set(generation);
+        }
+        self.current.borrow().clone()
+    }
+}
+
+/// Whether two snapshots have the same providers at the same addresses, in
+/// the same order (pooled connections can be kept).
+fn same_upstreams(a: &Snapshot, b: &Snapshot) -> bool {
+    a.config.providers.len() == b.config.providers.len()
+        && a.config
+            .providers
+            .iter()
+            .zip(&b.config.providers)
+            .all(|(x, y)| {
+                x.name == y.name
+                    && x.host == y.host
+                    && x.port == y.port
+                    && x.scheme == y.scheme
+                    && x.format == y.format
+            })
+}
+
 /// Per-core state: built by each worker from the snapshot, never shared
 /// across threads (`Rc`, `Cell`, `RefCell`; no locks).
 pub struct Core {
@@ -158,10 +246,11 @@ pub struct Core {
     pub rng: RefCell<Rng>,
     pub worker: usize,
     next_id: Cell<u64>,
-    /// Requests being served on this core (drain waits for 0).
-    pub active: Cell<usize>,
-    /// Fired at this core's drain deadline.
-    pub shutdown: shutdown::Shutdown,
+    /// Requests being served on this worker, whatever config generation
+    /// they started on (drain waits for 0).
+    pub active: Rc<Cell<usize>>,
+    /// Fired at this worker's drain deadline.
+    pub shutdown: Rc<shutdown::Shutdown>,
     /// Chat requests and failover retries on this core (the retry budget).
     pub budget_requests: Cell<u64>,
     pub budget_retries: Cell<u64>,
@@ -191,8 +280,8 @@ impl Core {
             rng: RefCell::new(Rng::new(seed)),
             worker,
             next_id: Cell::new(0),
-            active: Cell::new(0),
-            shutdown: shutdown::Shutdown::default(),
+            active: Rc::new(Cell::new(0)),
+            shutdown: Rc::new(shutdown::Shutdown::default()),
             budget_requests: Cell::new(0),
             budget_retries: Cell::new(0),
         }
@@ -376,6 +465,7 @@ async fn worker_main(
     if let Some(log) = &core.log {
         monoio::spawn(log.clone().run_flusher());
     }
+    let state = Rc::new(Worker::new(core));
     let wake = monoio::net::UnixStream::from_std(wake);
     let mut drain_signal = std::pin::pin!(async move {
         use monoio::io::AsyncReadRent;
@@ -395,7 +485,7 @@ async fn worker_main(
         match accepted {
             Ok((stream, _peer)) => {
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(conn::serve(stream, core.clone()));
+                monoio::spawn(conn::serve(stream, state.clone()));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -406,7 +496,7 @@ async fn worker_main(
     }
     // Draining: no new connections; let what is in flight finish.
     drop(listener);
-    drain(&core).await;
+    drain(&state.core()).await;
 }
 
 /// Wait for this core's requests to finish, up to `drain_timeout_ms`; then

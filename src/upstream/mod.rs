@@ -237,6 +237,16 @@ impl Pools {
         }
     }
 
+    /// Take over `other`'s idle connections (a reload that kept the same
+    /// providers): `other` is left empty.
+    pub fn adopt(&self, other: &Pools) {
+        let taken = std::mem::take(&mut *other.idle.borrow_mut());
+        let mut idle = self.idle.borrow_mut();
+        for (mine, theirs) in idle.iter_mut().zip(taken) {
+            *mine = theirs;
+        }
+    }
+
     /// Idle connections currently pooled for `provider` (for tests and metrics).
     pub fn idle_count(&self, provider: usize) -> usize {
         self.idle.borrow().get(provider).map_or(0, Vec::len)
