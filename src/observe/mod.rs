@@ -76,25 +76,28 @@ pub fn start(path: &Path) -> io::Result<LogSender> {
     std::thread::Builder::new()
         .name("log-writer".into())
         .spawn(move || writer_loop(rx, file, &thread_counters))?;
-    let _ = COUNTERS.set(counters.clone());
+    if let Ok(mut all) = COUNTERS.lock() {
+        all.push(counters.clone());
+    }
     Ok(LogSender { tx, counters })
 }
 
-/// The log thread's counters, for [`wait_for_writer`].
-static COUNTERS: std::sync::OnceLock<Arc<LogCounters>> = std::sync::OnceLock::new();
+/// Every log thread's counters (one more per reload), for [`wait_for_writer`].
+static COUNTERS: std::sync::Mutex<Vec<Arc<LogCounters>>> = std::sync::Mutex::new(Vec::new());
 
 /// After the workers handed over their last lines (a drain): wait, up to
-/// `timeout`, until the log thread has written and flushed every batch queued.
+/// `timeout`, until every log thread has written and flushed every batch
+/// queued to it.
 pub fn wait_for_writer(timeout: Duration) -> bool {
-    let Some(c) = COUNTERS.get() else {
-        return true;
-    };
+    let all: Vec<Arc<LogCounters>> = COUNTERS.lock().map(|c| c.clone()).unwrap_or_default();
     let deadline = std::time::Instant::now() + timeout;
-    while c.batches_done.load(Ordering::Acquire) < c.batches_queued.load(Ordering::Acquire) {
-        if std::time::Instant::now() >= deadline {
-            return false;
+    for c in all {
+        while c.batches_done.load(Ordering::Acquire) < c.batches_queued.load(Ordering::Acquire) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_millis(1));
     }
     true
 }
