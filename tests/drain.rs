@@ -30,33 +30,6 @@ fn exit_code(router: &mut Router) -> i32 {
     code.unwrap()
 }
 
-fn gated_stream(up: &Upstream) {
-    let chunk = |d: &str| format!("{:x}\r\n{d}\r\n", d.len()).into_bytes();
-    let mut rest = chunk("data: two\n\ndata: [DONE]\n\n");
-    rest.extend_from_slice(b"0\r\n\r\n");
-    up.push(Reply::Gated {
-        first: vec![
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
-            chunk("data: one\n\n"),
-        ],
-        rest: vec![rest],
-    });
-}
-
-fn start_stream(router: &Router) -> Reader {
-    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
-    let mut s = router.connect();
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut r = Reader::new(s);
-    assert!(r.read_until(|b| b.windows(9).any(|w| w == b"data: one")));
-    r
-}
-
 fn config(up: &Upstream, drain_ms: u64) -> String {
     basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n").replace(
         "workers = 1",

@@ -120,27 +120,9 @@ fn sighup_publishes_a_good_config_and_refuses_a_bad_one() {
 #[test]
 fn a_stream_in_flight_finishes_on_the_config_it_started_with() {
     let up = Upstream::start();
-    let chunk = |d: &str| format!("{:x}\r\n{d}\r\n", d.len()).into_bytes();
-    let mut rest = chunk("data: two\n\ndata: [DONE]\n\n");
-    rest.extend_from_slice(b"0\r\n\r\n");
-    up.push(Reply::Gated {
-        first: vec![
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
-            chunk("data: one\n\n"),
-        ],
-        rest: vec![rest],
-    });
+    gated_stream(&up);
     let router = Router::start("reload-stream", &config(&up, "up"));
-    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
-    let mut s = router.connect();
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut stream = Reader::new(s);
-    assert!(stream.read_until(|b| b.windows(9).any(|w| w == b"data: one")));
+    let mut stream = start_stream(&router);
     // Reload to a config where nothing routes to `up` any more.
     rewrite(&router, &config(&up, "mock"));
     hup(&router);

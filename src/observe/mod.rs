@@ -176,7 +176,7 @@ impl CoreLog {
     }
 
     /// The core's flusher task: waits for a first line, lets a batch gather
-    /// for [`BATCH_DELAY`], hands it over. Runs for the worker's lifetime.
+    /// for `BATCH_DELAY`, hands it over. Runs for the worker's lifetime.
     pub async fn run_flusher(self: std::rc::Rc<Self>) {
         loop {
             Pending(&self).await;

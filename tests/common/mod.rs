@@ -637,6 +637,38 @@ base_url = "{upstream}"
     )
 }
 
+/// Queue a streamed reply that sends its head and `data: one`, then waits
+/// for `up.release` before `data: two`, `[DONE]` and the end.
+pub fn gated_stream(up: &Upstream) {
+    let chunk = |d: &str| format!("{:x}\r\n{d}\r\n", d.len()).into_bytes();
+    let mut rest = chunk("data: two\n\ndata: [DONE]\n\n");
+    rest.extend_from_slice(b"0\r\n\r\n");
+    up.push(Reply::Gated {
+        first: vec![
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            chunk("data: one\n\n"),
+        ],
+        rest: vec![rest],
+    });
+}
+
+/// Start a streamed chat request and read until its first event arrived.
+pub fn start_stream(router: &Router) -> Reader {
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let mut s = router.connect();
+    std::io::Write::write_fmt(
+        &mut s,
+        format_args!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap();
+    let mut r = Reader::new(s);
+    assert!(r.read_until(|b| b.windows(9).any(|w| w == b"data: one")));
+    r
+}
+
 pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !f() {
