@@ -224,6 +224,11 @@ pub struct ServerConfig {
     /// New key: no new attempt starts this long after the request began
     /// (default 30 000 ms).
     pub retry_deadline_ms: u64,
+    /// New key: consecutive failures that eject a provider (default 3; 0 = never).
+    pub eject_after_failures: u32,
+    /// New key: the first ejection's length; each one in a row doubles it,
+    /// up to 64× (default 1 000 ms).
+    pub eject_base_ms: u64,
     /// New key: idle TTL of pooled upstream connections (default 4 000 ms; vLLM drops at ~5 s).
     pub pool_idle_ttl_ms: u64,
     /// New key: max idle pooled connections per provider per core (default 64).

@@ -58,6 +58,8 @@ pub struct RawServer {
     pub retry_on_status: Option<Vec<u16>>,
     pub retry_budget: Option<f64>,
     pub retry_deadline_ms: Option<u64>,
+    pub eject_after_failures: Option<u32>,
+    pub eject_base_ms: Option<u64>,
     pub pool_idle_ttl_ms: Option<u64>,
     pub pool_max_idle: Option<usize>,
 }

@@ -487,7 +487,7 @@ fn unknown_key_in_server() {
         err(&format!("[server]\nprot = 8090\n{PROVIDERS}")),
         "config.toml:2:1: unknown key `prot` in [server], expected one of: host, port, dashboard, \
          api_key_env, workers, max_body_bytes, max_head_bytes, header_timeout_ms, idle_timeout_ms, \
-         write_timeout_ms, connect_timeout_ms, first_byte_timeout_ms, stream_idle_timeout_ms, sse_keepalive_ms, drain_timeout_ms, max_attempts, retry_on_status, retry_budget, retry_deadline_ms, pool_idle_ttl_ms, pool_max_idle"
+         write_timeout_ms, connect_timeout_ms, first_byte_timeout_ms, stream_idle_timeout_ms, sse_keepalive_ms, drain_timeout_ms, max_attempts, retry_on_status, retry_budget, retry_deadline_ms, eject_after_failures, eject_base_ms, pool_idle_ttl_ms, pool_max_idle"
     );
 }
 

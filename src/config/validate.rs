@@ -207,6 +207,8 @@ fn server(
             }
         },
         retry_deadline_ms: s.retry_deadline_ms.unwrap_or(30_000),
+        eject_after_failures: s.eject_after_failures.unwrap_or(3),
+        eject_base_ms: s.eject_base_ms.unwrap_or(1_000),
         pool_idle_ttl_ms: s.pool_idle_ttl_ms.unwrap_or(DEFAULT_POOL_IDLE_TTL_MS),
         pool_max_idle: s.pool_max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
     })

@@ -324,7 +324,7 @@ async fn chat(
     let mut tried: Vec<usize> = Vec::new();
     let mut next = match forced {
         Some(i) => (i, None),
-        None => route_request(core, ctx, parsed, &tried)?,
+        None => route_healthy(core, ctx, parsed, &tried)?,
     };
     loop {
         let (pidx, rewrite) = next;
@@ -357,19 +357,14 @@ async fn chat(
         };
         // Whether a failure before the first byte may go to another provider:
         // attempts, deadline and budget allow it, and a candidate remains.
-        // (On the stack: this runs for every request.)
-        let n = tried.len().min(MAX_EXCLUDED - 1);
-        let mut excluded = [usize::MAX; MAX_EXCLUDED];
-        excluded[..n].copy_from_slice(&tried[..n]);
-        excluded[n] = pidx;
-        let excluded = &excluded[..=n];
+        tried.push(pidx);
         let alternative = if forced.is_none()
             && ctx.attempts.len() < server.max_attempts
             && req.t0.elapsed() < Duration::from_millis(server.retry_deadline_ms)
             && (core.budget_retries.get() as f64)
                 < server.retry_budget * core.budget_requests.get() as f64 + 10.0
         {
-            route_request(core, ctx, parsed, excluded).ok()
+            route_healthy(core, ctx, parsed, &tried).ok()
         } else {
             None
         };
@@ -427,7 +422,6 @@ async fn chat(
             (Err(e), Some(alt)) if e.failover => {
                 ctx.attempt_outcomes.push((outcome_of(&e), ms));
                 core.budget_retries.set(core.budget_retries.get() + 1);
-                tried.push(pidx);
                 // The next attempt starts clean.
                 ctx.status = 0;
                 ctx.error = None;
@@ -446,9 +440,72 @@ async fn chat(
     }
 }
 
-/// Providers a request's failover can skip (more attempts than this reuse
-/// the earliest exclusions).
-const MAX_EXCLUDED: usize = 16;
+/// Providers a request's routing can skip at once (tried ones, then ejected
+/// ones); more than this are not excluded.
+const MAX_EXCLUDED: usize = 32;
+
+/// The rule chain with the providers already `tried` excluded, and those
+/// ejected or cooling down (passive health) too — unless that leaves no
+/// candidate: then they are tried all the same (never eject them all).
+fn route_healthy(
+    core: &Core,
+    ctx: &Ctx<'_>,
+    parsed: &Parsed,
+    tried: &[usize],
+) -> Result<(usize, Option<String>), RouterError> {
+    // On the stack: this runs for every request.
+    let mut excluded = [usize::MAX; MAX_EXCLUDED];
+    let mut n = tried.len().min(MAX_EXCLUDED);
+    excluded[..n].copy_from_slice(&tried[..n]);
+    let now = crate::observe::now_ms();
+    let first_unhealthy = n;
+    for (i, h) in core.snap.health.iter().enumerate() {
+        if n < MAX_EXCLUDED && !h.usable(now) && !tried.contains(&i) {
+            excluded[n] = i;
+            n += 1;
+        }
+    }
+    match route_request(core, ctx, parsed, &excluded[..n]) {
+        Err(_) if n > first_unhealthy => {
+            route_request(core, ctx, parsed, &excluded[..first_unhealthy])
+        }
+        r => r,
+    }
+}
+
+/// Passive health: what this attempt says about provider `pidx`.
+fn record_health(
+    core: &Core,
+    pidx: usize,
+    sent: &Result<exchange::Reply, RouterError>,
+    resp: &[u8],
+) {
+    let Some(health) = core.snap.health.get(pidx) else {
+        return;
+    };
+    let server = &core.snap.config.server;
+    let now = crate::observe::now_ms();
+    let failed = |h: &crate::upstream::health::Health| {
+        h.failure(now, server.eject_after_failures, server.eject_base_ms);
+    };
+    match sent {
+        Err(e) if e.failover => failed(health),
+        Err(_) => {}
+        Ok(reply) => {
+            let status = reply.head.status;
+            let retry_after = reply
+                .head
+                .header(resp, "retry-after")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (status, retry_after) {
+                (429 | 503, Some(secs)) => health.cool_down(now, secs.saturating_mul(1000)),
+                (500..=599, _) => failed(health),
+                _ => health.success(),
+            }
+        }
+    }
+}
 
 /// A failed attempt's outcome, for the log line's `attempt_details`.
 fn outcome_of(e: &RouterError) -> &'static str {
@@ -572,6 +629,7 @@ async fn upstream_call(
     let mut armed = watch::arm();
     let built = Instant::now();
     let sent = exchange::send(core, &conn.stream, &mut armed, pidx, up_req, resp).await;
+    record_health(core, pidx, &sent, resp);
     // The router's share so far: everything up to the request being sent
     // (connecting is the upstream's).
     ctx.overhead_us = (built - req.t0).as_micros() as u64;

@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub tls: Vec<Option<TlsConnector>>,
     /// 0 for the config the router started with, +1 per reload (SIGHUP).
     pub generation: u64,
+    /// Each provider's passive health (shared by every worker; survives reloads).
+    pub health: Vec<Arc<crate::upstream::health::Health>>,
 }
 
 impl Snapshot {
@@ -114,6 +116,12 @@ impl Snapshot {
             } else {
                 None
             };
+        let health = config
+            .providers
+            .iter()
+            .zip(&targets)
+            .map(|(p, t)| crate::upstream::health::for_provider(&p.name, &t.display))
+            .collect();
         let mut tls = Vec::with_capacity(config.providers.len());
         for p in &config.providers {
             if p.scheme == crate::config::Scheme::Https && p.active() {
@@ -135,6 +143,7 @@ impl Snapshot {
                 log,
                 tls,
                 generation: 0,
+                health,
             },
             warnings,
         ))

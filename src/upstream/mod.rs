@@ -15,6 +15,7 @@
 //! the next one (or a fresh connection) is used. Those bytes are never
 //! parsed as the answer to a later request.
 
+pub mod health;
 pub mod tls;
 
 use std::cell::RefCell;
