@@ -21,18 +21,10 @@ fn closed_port() -> u16 {
 
 /// Providers `a` then `b`; rule 1 sends everything to `a`, rule 2 falls back to `b`.
 fn config(a_url: &str, b_url: &str, b_format: &str, server_extra: &str) -> String {
+    let head = server_head(server_extra);
     format!(
         r#"
-[server]
-host = "127.0.0.1"
-port = 0
-workers = 1
-{server_extra}
-
-[logging]
-enabled = true
-path = "{{LOG}}"
-
+{head}
 [[providers]]
 name = "a"
 format = "openai"

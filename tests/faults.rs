@@ -22,18 +22,10 @@ const RESPONSES: &str = "/v1/responses";
 /// One worker (so every request shares one upstream pool), the fault
 /// upstream as the only provider, everything routed to it.
 fn config(up: &FaultUpstream, server_extra: &str) -> String {
+    let head = server_head(server_extra);
     format!(
         r#"
-[server]
-host = "127.0.0.1"
-port = 0
-workers = 1
-{server_extra}
-
-[logging]
-enabled = true
-path = "{{LOG}}"
-
+{head}
 [[providers]]
 name = "fault"
 format = "openai"

@@ -16,17 +16,10 @@ const PROBE_ENV: [(&str, &str); 1] = [("OPENSOURCELLMROUTER_TEST_PLUGINS", "1")]
 
 /// One worker, the built-in mock provider, everything routed to it.
 fn mock_config(extra: &str) -> String {
+    let head = server_head("");
     format!(
         r#"
-[server]
-host = "127.0.0.1"
-port = 0
-workers = 1
-
-[logging]
-enabled = true
-path = "{{LOG}}"
-
+{head}
 [[providers]]
 name = "mock"
 format = "mock"
@@ -208,17 +201,10 @@ fn every_hook_continue_stop_error_reply_on_every_format_plain_and_streamed() {
 #[test]
 fn a_plugin_forces_the_provider_and_skips_the_rule_chain() {
     let up = Upstream::start();
+    let head = server_head("");
     let config = format!(
         r#"
-[server]
-host = "127.0.0.1"
-port = 0
-workers = 1
-
-[logging]
-enabled = true
-path = "{{LOG}}"
-
+{head}
 [[providers]]
 name = "mock"
 format = "mock"
@@ -247,17 +233,10 @@ providers = ["mock"]
 }
 
 fn pareto_config(up: &Upstream, enabled: bool) -> String {
+    let head = server_head("");
     format!(
         r#"
-[server]
-host = "127.0.0.1"
-port = 0
-workers = 1
-
-[logging]
-enabled = true
-path = "{{LOG}}"
-
+{head}
 [[providers]]
 name = "local"
 format = "openai"

@@ -11,17 +11,10 @@ use std::io::Write;
 use common::*;
 
 fn config(up: &Upstream, route_to: &str) -> String {
+    let head = server_head("");
     format!(
         r#"
-[server]
-host = "127.0.0.1"
-port = 0
-workers = 1
-
-[logging]
-enabled = true
-path = "{{LOG}}"
-
+{head}
 [[providers]]
 name = "up"
 format = "openai"

@@ -614,6 +614,14 @@ fn serve_upstream(
     }
 }
 
+/// The `[server]` (loopback, port 0, one worker, plus `extra` keys) and
+/// `[logging]` (to `{LOG}`) tables every test config starts with.
+pub fn server_head(extra: &str) -> String {
+    format!(
+        "[server]\nhost = \"127.0.0.1\"\nport = 0\nworkers = 1\n{extra}\n\n[logging]\nenabled = true\npath = \"{{LOG}}\"\n"
+    )
+}
+
 /// A minimal config: one openai provider at `upstream`, bound to port 0, logging to {LOG}.
 pub fn basic_config(upstream: &str, extra: &str) -> String {
     format!(
