@@ -321,10 +321,12 @@ async fn chat(
     // reached the client, the next candidate down the chain (failover).
     let server = &snap.config.server;
     core.budget_requests.set(core.budget_requests.get() + 1);
-    let mut tried: Vec<usize> = Vec::new();
+    // The providers tried so far, on the stack (no allocation per request).
+    let mut tried_buf = [usize::MAX; MAX_EXCLUDED];
+    let mut n_tried = 0;
     let mut next = match forced {
         Some(i) => (i, None),
-        None => route_healthy(core, ctx, parsed, &tried)?,
+        None => route_healthy(core, ctx, parsed, &[])?,
     };
     loop {
         let (pidx, rewrite) = next;
@@ -357,14 +359,18 @@ async fn chat(
         };
         // Whether a failure before the first byte may go to another provider:
         // attempts, deadline and budget allow it, and a candidate remains.
-        tried.push(pidx);
+        if n_tried < MAX_EXCLUDED {
+            tried_buf[n_tried] = pidx;
+            n_tried += 1;
+        }
+        let tried = &tried_buf[..n_tried];
         let alternative = if forced.is_none()
             && ctx.attempts.len() < server.max_attempts
             && req.t0.elapsed() < Duration::from_millis(server.retry_deadline_ms)
             && (core.budget_retries.get() as f64)
                 < server.retry_budget * core.budget_requests.get() as f64 + 10.0
         {
-            route_healthy(core, ctx, parsed, &tried).ok()
+            route_healthy(core, ctx, parsed, tried).ok()
         } else {
             None
         };
