@@ -51,6 +51,8 @@ pub struct RouterError {
     /// The provider failed before sending a response head (refused, reset,
     /// closed, silent): another provider may be tried.
     pub failover: bool,
+    /// Seconds for a `Retry-After` header (the router is overloaded).
+    pub retry_after_s: Option<u64>,
 }
 
 impl RouterError {
@@ -73,6 +75,7 @@ impl RouterError {
             message,
             close: false,
             failover: false,
+            retry_after_s: None,
         }
     }
 
@@ -228,6 +231,20 @@ impl RouterError {
                 .to_string(),
         )
         .closing()
+    }
+
+    /// Every endpoint of the provider is at `max_in_flight` and the wait
+    /// queue is full or timed out: 503, `Retry-After`.
+    pub fn overloaded(message: &str, retry_after_s: u64) -> Self {
+        let mut e = Self::new(
+            Side::Internal,
+            503,
+            "server_error",
+            Some("overloaded"),
+            message.to_string(),
+        );
+        e.retry_after_s = Some(retry_after_s);
+        e
     }
 
     pub fn unsupported(message: impl Into<String>) -> Self {

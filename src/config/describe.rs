@@ -84,6 +84,19 @@ pub fn describe(cfg: &Config) -> String {
         if let Some(ms) = p.first_byte_timeout_ms {
             let _ = write!(state, " (first byte timeout {ms} ms)");
         }
+        if p.endpoints.len() > 1 {
+            let _ = write!(state, ", balance {}", p.balance.as_str());
+        }
+        if p.queue_size > 0 {
+            let _ = write!(
+                state,
+                ", queue {} for {} ms",
+                p.queue_size, p.queue_timeout_ms
+            );
+        }
+        if let Some(path) = &p.health_path {
+            let _ = write!(state, ", probes {path} every {} ms", p.health_interval_ms);
+        }
         let _ = writeln!(
             out,
             "  {:name_w$}  {:9}  {:url_w$}  {state}",
@@ -91,6 +104,15 @@ pub fn describe(cfg: &Config) -> String {
             p.format.as_str(),
             shown_url(p)
         );
+        if p.endpoints.len() > 1 || p.endpoints.iter().any(|e| e.max_in_flight > 0) {
+            for (i, e) in p.endpoints.iter().enumerate() {
+                let limit = match e.max_in_flight {
+                    0 => "no in-flight limit".to_owned(),
+                    n => format!("max_in_flight {n}"),
+                };
+                let _ = writeln!(out, "      endpoint {}: {}  ({limit})", i + 1, e.url);
+            }
+        }
     }
 
     let _ = writeln!(out, "\nclassifiers:");
@@ -164,6 +186,7 @@ fn on_off(enabled: bool) -> &'static str {
 fn shown_url(p: &Provider) -> String {
     match p.format {
         ProviderFormat::Mock => "(built in)".to_owned(),
+        _ if p.endpoints.len() > 1 => format!("{} endpoints", p.endpoints.len()),
         _ => p.base_url.clone(),
     }
 }

@@ -168,11 +168,70 @@ pub struct Provider {
     pub responses: bool,
     /// New key `ca_file`: extra trusted CA certificates (PEM) for `https://`.
     pub ca_file: Option<PathBuf>,
+    /// Where the provider's replicas live: `endpoints = [...]`, or the one
+    /// `base_url` (the fields above repeat the first endpoint). Never empty.
+    pub endpoints: Vec<Endpoint>,
+    /// New key `balance`.
+    pub balance: Balance,
+    /// New key `affinity_header`: lower-cased header name.
+    pub affinity_header: Option<String>,
+    /// New key `affinity_prefix_bytes` (default 4096).
+    pub affinity_prefix_bytes: usize,
+    /// New key `queue_size` (default 0: no waiting, 503 at once).
+    pub queue_size: u32,
+    /// New key `queue_timeout_ms` (default 5000).
+    pub queue_timeout_ms: u64,
+    /// New key `health_path`: probed with `GET` every `health_interval_ms`.
+    pub health_path: Option<String>,
+    /// New key `health_interval_ms` (default 5000).
+    pub health_interval_ms: u64,
+}
+
+/// One replica of a provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// The URL as configured, trailing `/` removed.
+    pub url: String,
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+    pub base_path: String,
+    pub host_header: String,
+    /// Requests in flight at once on this endpoint, across all workers
+    /// (0 = no limit).
+    pub max_in_flight: u32,
+}
+
+/// How a provider spreads requests over its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Power of two random choices, the one with fewer requests in flight.
+    LeastOutstanding,
+    /// Consistent hashing of the prompt's first bytes (or a header), with
+    /// bounded load.
+    PrefixAffinity,
+    RoundRobin,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::LeastOutstanding => "least_outstanding",
+            Balance::PrefixAffinity => "prefix_affinity",
+            Balance::RoundRobin => "round_robin",
+        }
+    }
 }
 
 impl Provider {
     pub fn active(&self) -> bool {
         self.skipped.is_none()
+    }
+
+    /// Whether requests in flight are counted per endpoint (balancing or a
+    /// limit needs them; a lone unlimited endpoint does not).
+    pub fn counts_load(&self) -> bool {
+        self.endpoints.len() > 1 || self.endpoints.iter().any(|e| e.max_in_flight > 0)
     }
 }
 

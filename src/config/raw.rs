@@ -103,6 +103,26 @@ pub struct RawProvider {
     pub responses: Option<bool>,
     /// New key: PEM file of extra CA certificates trusted for this `https://` provider.
     pub ca_file: Option<String>,
+    /// New key: a fleet of replicas instead of `base_url`: URL strings or
+    /// `{ url = "...", max_in_flight = N }` tables (checked by hand for
+    /// clear errors).
+    pub endpoints: Option<toml::Value>,
+    /// New key: `least_outstanding` (default), `prefix_affinity`, `round_robin`.
+    pub balance: Option<String>,
+    /// New key: prefix affinity keyed by this request header when present.
+    pub affinity_header: Option<String>,
+    /// New key: how many leading bytes of the prompt key prefix affinity.
+    pub affinity_prefix_bytes: Option<usize>,
+    /// New key: requests in flight per endpoint (0 or absent = no limit).
+    pub max_in_flight: Option<u32>,
+    /// New key: requests that may wait for a free slot when every endpoint is full.
+    pub queue_size: Option<u32>,
+    /// New key: how long a request waits in that queue before a 503.
+    pub queue_timeout_ms: Option<u64>,
+    /// New key: active health check path (GET, expects 2xx).
+    pub health_path: Option<String>,
+    /// New key: interval between active health probes.
+    pub health_interval_ms: Option<u64>,
 }
 
 /// `[classifiers]`: one optional table per built-in request classifier.

@@ -516,7 +516,9 @@ fn unknown_key_in_providers() {
         err(&format!("{PROVIDERS}api_key = \"sk-...\"\n")),
         "config.toml:14:1: unknown key `api_key` in [[providers]] #3 (name \"mock\"), expected one of: \
          name, format, base_url, api_key_env, cost_per_1m_tokens, quality, latency_ms, \
-         throughput_tokens_per_sec, first_byte_timeout_ms, responses, ca_file"
+         throughput_tokens_per_sec, first_byte_timeout_ms, responses, ca_file, endpoints, balance, \
+         affinity_header, affinity_prefix_bytes, max_in_flight, queue_size, queue_timeout_ms, \
+         health_path, health_interval_ms"
     );
 }
 
@@ -809,7 +811,89 @@ fn bad_base_url() {
 fn missing_base_url() {
     assert_eq!(
         err("[[providers]]\nname = \"a\"\nformat = \"ollama\"\n"),
-        "config.toml:1:1: missing key `base_url` in [[providers]] #1 (name \"a\")"
+        "config.toml:1:1: missing key `base_url` (or `endpoints`) in [[providers]] #1 (name \"a\")"
+    );
+}
+
+#[test]
+fn endpoints_instead_of_base_url() {
+    let cfg = ok("[[providers]]\nname = \"fleet\"\nformat = \"openai\"\n\
+         endpoints = [\"http://10.0.0.1:8000/v1/\", { url = \"http://10.0.0.2:8001/v1\", max_in_flight = 4 }]\n\
+         balance = \"prefix_affinity\"\naffinity_header = \"X-Session-Id\"\nmax_in_flight = 8\n\
+         queue_size = 16\nqueue_timeout_ms = 2000\nhealth_path = \"/health\"\n");
+    let p = &cfg.providers[0];
+    assert_eq!(p.endpoints.len(), 2);
+    assert_eq!(p.endpoints[0].url, "http://10.0.0.1:8000/v1");
+    assert_eq!(p.endpoints[0].max_in_flight, 8, "the provider's limit");
+    assert_eq!(p.endpoints[1].host_header, "10.0.0.2:8001");
+    assert_eq!(p.endpoints[1].max_in_flight, 4, "the endpoint's own limit");
+    assert_eq!(
+        p.base_url, "http://10.0.0.1:8000/v1",
+        "base_url repeats the first"
+    );
+    assert_eq!(p.balance, crate::config::Balance::PrefixAffinity);
+    assert_eq!(p.affinity_header.as_deref(), Some("x-session-id"));
+    assert_eq!((p.queue_size, p.queue_timeout_ms), (16, 2000));
+    assert_eq!(p.health_path.as_deref(), Some("/health"));
+    // An original config: one endpoint from base_url, default balancing.
+    let cfg =
+        ok("[[providers]]\nname = \"a\"\nformat = \"openai\"\nbase_url = \"http://h:1/v1\"\n");
+    assert_eq!(cfg.providers[0].endpoints.len(), 1);
+    assert_eq!(cfg.providers[0].endpoints[0].url, "http://h:1/v1");
+    assert!(!cfg.providers[0].counts_load());
+}
+
+#[test]
+fn bad_endpoints() {
+    let base = "[[providers]]\nname = \"a\"\nformat = \"openai\"\n";
+    let cases = [
+        (
+            "base_url = \"http://h:1\"\nendpoints = [\"http://h:2\"]\n",
+            "set `base_url` or `endpoints`, not both",
+        ),
+        ("endpoints = []\n", "`endpoints` must not be empty"),
+        (
+            "endpoints = \"http://h:1\"\n",
+            "`endpoints` must be an array",
+        ),
+        (
+            "endpoints = [\"ftp://h\"]\n",
+            "endpoint 1: invalid URL \"ftp://h\"",
+        ),
+        (
+            "endpoints = [\"http://h:1\", \"http://h:1/\"]\n",
+            "endpoint 2: \"http://h:1\" is listed twice",
+        ),
+        (
+            "endpoints = [{ url = \"http://h:1\", weight = 2 }]\n",
+            "endpoint 1: unknown key `weight`",
+        ),
+        (
+            "endpoints = [\"http://h:1\", \"https://h:2\"]\n",
+            "must use the same scheme",
+        ),
+        (
+            "endpoints = [\"http://h:1\"]\nbalance = \"random\"\n",
+            "unknown balance \"random\", expected one of: least_outstanding, prefix_affinity, round_robin",
+        ),
+        (
+            "endpoints = [\"http://h:1\"]\nhealth_path = \"health\"\n",
+            "`health_path` must be a path starting with /",
+        ),
+        (
+            "endpoints = [\"http://h:1\"]\naffinity_header = \"a b\"\n",
+            "`affinity_header` must be a header name",
+        ),
+    ];
+    for (extra, want) in cases {
+        let got = err(&format!("{base}{extra}"));
+        assert!(got.contains(want), "{extra}: {got}");
+    }
+    let mock =
+        err("[[providers]]\nname = \"m\"\nformat = \"mock\"\nendpoints = [\"http://h:1\"]\n");
+    assert!(
+        mock.contains("a mock provider answers inside the router"),
+        "{mock}"
     );
 }
 
@@ -1187,7 +1271,7 @@ fn describe_shows_providers_rules_and_ok_line() {
     let expected = "\
 server: http://127.0.0.1:8090 — 2 workers, dashboard on, no API key
 logging: off
-limits: body 33554432 bytes, head 65536 bytes; timeouts (ms): header 10000, idle 60000, connect 5000, first byte 600000, stream idle 300000; sse keep-alive every 15000 ms; pool: 64 idle per provider per worker, ttl 4000 ms
+limits: body 33554432 bytes, head 65536 bytes; timeouts (ms): header 10000, idle 60000, connect 5000, first byte 600000, stream idle 300000; sse keep-alive every 15000 ms; pool: 64 idle per endpoint per worker, ttl 4000 ms
 
 providers:
   local   openai     http://localhost:8080/v1   active

@@ -10,8 +10,8 @@ use super::locate::{Doc, Seg, doc_path};
 use super::raw::{self, RawConfig, RawPlugin, RawProvider, RawRule};
 use super::url::parse_base_url;
 use super::{
-    ClassifierConfig, Config, ConfigError, LoggingConfig, PluginConfig, Provider, ProviderFormat,
-    Scheme, ServerConfig, TelemetryConfig,
+    Balance, ClassifierConfig, Config, ConfigError, Endpoint, LoggingConfig, PluginConfig,
+    Provider, ProviderFormat, Scheme, ServerConfig, TelemetryConfig,
 };
 use crate::plugins::PluginId;
 
@@ -353,9 +353,27 @@ fn provider(
             String::new(),
             mock,
         )
+    } else if p.endpoints.is_some() {
+        if p.base_url.is_some() {
+            return Err(fail(
+                "endpoints",
+                "set `base_url` or `endpoints`, not both".to_owned(),
+            ));
+        }
+        (
+            String::new(),
+            Scheme::Http,
+            String::new(),
+            0,
+            String::new(),
+            String::new(),
+        )
     } else {
         let Some(url) = p.base_url.as_deref() else {
-            return Err(doc.err(&here, format!("missing key `base_url` in {table}")));
+            return Err(doc.err(
+                &here,
+                format!("missing key `base_url` (or `endpoints`) in {table}"),
+            ));
         };
         match parse_base_url(url) {
             Ok(u) => (
@@ -369,6 +387,192 @@ fn provider(
             Err(why) => return Err(fail("base_url", format!("invalid base_url {url:?}: {why}"))),
         }
     };
+    let max_in_flight = p.max_in_flight.unwrap_or(0);
+    let mut endpoints = Vec::new();
+    match &p.endpoints {
+        Some(_) if format == ProviderFormat::Mock => {
+            return Err(fail(
+                "endpoints",
+                "a mock provider answers inside the router: it has no endpoints".to_owned(),
+            ));
+        }
+        Some(value) => {
+            let Some(list) = value.as_array() else {
+                return Err(fail(
+                    "endpoints",
+                    "`endpoints` must be an array of URLs or { url = \"...\", max_in_flight = N } tables"
+                        .to_owned(),
+                ));
+            };
+            if list.is_empty() {
+                return Err(fail(
+                    "endpoints",
+                    "`endpoints` must not be empty".to_owned(),
+                ));
+            }
+            if list.len() > crate::upstream::balance::MAX_ENDPOINTS {
+                return Err(fail(
+                    "endpoints",
+                    format!(
+                        "at most {} endpoints per provider, got {}",
+                        crate::upstream::balance::MAX_ENDPOINTS,
+                        list.len()
+                    ),
+                ));
+            }
+            for (n, item) in list.iter().enumerate() {
+                let (url, limit) = match item {
+                    toml::Value::String(u) => (u.as_str(), max_in_flight),
+                    toml::Value::Table(t) => {
+                        if let Some(k) = t.keys().find(|k| *k != "url" && *k != "max_in_flight") {
+                            return Err(fail(
+                                "endpoints",
+                                format!(
+                                    "endpoint {}: unknown key `{k}` (expected `url`, `max_in_flight`)",
+                                    n + 1
+                                ),
+                            ));
+                        }
+                        let Some(u) = t.get("url").and_then(toml::Value::as_str) else {
+                            return Err(fail(
+                                "endpoints",
+                                format!("endpoint {}: missing string key `url`", n + 1),
+                            ));
+                        };
+                        let limit = match t.get("max_in_flight") {
+                            None => max_in_flight,
+                            Some(toml::Value::Integer(v)) if (0..=u32::MAX as i64).contains(v) => {
+                                *v as u32
+                            }
+                            Some(v) => {
+                                return Err(fail(
+                                    "endpoints",
+                                    format!(
+                                        "endpoint {}: `max_in_flight` must be an integer >= 0, got {v}",
+                                        n + 1
+                                    ),
+                                ));
+                            }
+                        };
+                        (u, limit)
+                    }
+                    other => {
+                        return Err(fail(
+                            "endpoints",
+                            format!(
+                                "endpoint {}: expected a URL string or a table, got {other}",
+                                n + 1
+                            ),
+                        ));
+                    }
+                };
+                let u = parse_base_url(url).map_err(|why| {
+                    fail(
+                        "endpoints",
+                        format!("endpoint {}: invalid URL {url:?}: {why}", n + 1),
+                    )
+                })?;
+                if endpoints.iter().any(|e: &Endpoint| e.url == u.normalized) {
+                    return Err(fail(
+                        "endpoints",
+                        format!("endpoint {}: {:?} is listed twice", n + 1, u.normalized),
+                    ));
+                }
+                endpoints.push(Endpoint {
+                    url: u.normalized,
+                    scheme: u.scheme,
+                    host: u.host,
+                    port: u.port,
+                    base_path: u.path,
+                    host_header: u.host_header,
+                    max_in_flight: limit,
+                });
+            }
+        }
+        None => endpoints.push(Endpoint {
+            url: base_url.clone(),
+            scheme,
+            host: host.clone(),
+            port,
+            base_path: base_path.clone(),
+            host_header: host_header.clone(),
+            max_in_flight,
+        }),
+    }
+    // The provider-level address fields repeat the first endpoint's.
+    let (base_url, scheme, host, port, base_path, host_header) = {
+        let e = &endpoints[0];
+        (
+            e.url.clone(),
+            e.scheme,
+            e.host.clone(),
+            e.port,
+            e.base_path.clone(),
+            e.host_header.clone(),
+        )
+    };
+    if endpoints.iter().any(|e| e.scheme != scheme) {
+        return Err(fail(
+            "endpoints",
+            "all endpoints of a provider must use the same scheme (http:// or https://)".to_owned(),
+        ));
+    }
+    let balance = match p.balance.as_deref() {
+        None | Some("least_outstanding") => Balance::LeastOutstanding,
+        Some("prefix_affinity") => Balance::PrefixAffinity,
+        Some("round_robin") => Balance::RoundRobin,
+        Some(other) => {
+            return Err(fail(
+                "balance",
+                format!(
+                    "unknown balance {other:?}, expected one of: least_outstanding, prefix_affinity, round_robin"
+                ),
+            ));
+        }
+    };
+    let affinity_header = match &p.affinity_header {
+        Some(h)
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) =>
+        {
+            return Err(fail(
+                "affinity_header",
+                format!("`affinity_header` must be a header name, got {h:?}"),
+            ));
+        }
+        h => h.as_ref().map(|h| h.to_ascii_lowercase()),
+    };
+    if p.affinity_prefix_bytes == Some(0) {
+        return Err(fail(
+            "affinity_prefix_bytes",
+            "`affinity_prefix_bytes` must be at least 1".to_owned(),
+        ));
+    }
+    let health_path = match &p.health_path {
+        Some(h)
+            if !h.starts_with('/') || h.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            return Err(fail(
+                "health_path",
+                format!("`health_path` must be a path starting with /, got {h:?}"),
+            ));
+        }
+        h => h.clone(),
+    };
+    if p.health_interval_ms == Some(0) {
+        return Err(fail(
+            "health_interval_ms",
+            "`health_interval_ms` must be at least 1".to_owned(),
+        ));
+    }
+    if p.queue_timeout_ms == Some(0) {
+        return Err(fail(
+            "queue_timeout_ms",
+            "`queue_timeout_ms` must be at least 1".to_owned(),
+        ));
+    }
 
     let non_negative = |key: &str, v: Option<f64>| match v {
         Some(x) if !(x.is_finite() && x >= 0.0) => {
@@ -429,6 +633,14 @@ fn provider(
         first_byte_timeout_ms: p.first_byte_timeout_ms,
         responses: p.responses.unwrap_or(false),
         ca_file: p.ca_file.clone().map(std::path::PathBuf::from),
+        endpoints,
+        balance,
+        affinity_header,
+        affinity_prefix_bytes: p.affinity_prefix_bytes.unwrap_or(4096),
+        queue_size: p.queue_size.unwrap_or(0),
+        queue_timeout_ms: p.queue_timeout_ms.unwrap_or(5000),
+        health_path,
+        health_interval_ms: p.health_interval_ms.unwrap_or(5000),
     })
 }
 

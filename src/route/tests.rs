@@ -24,6 +24,22 @@ pub(crate) fn provider(name: &str, cost: f64, quality: f64) -> Provider {
         first_byte_timeout_ms: None,
         responses: false,
         ca_file: None,
+        endpoints: vec![crate::config::Endpoint {
+            url: format!("http://{name}.test/v1"),
+            scheme: Scheme::Http,
+            host: format!("{name}.test"),
+            port: 80,
+            base_path: "/v1".to_string(),
+            host_header: format!("{name}.test"),
+            max_in_flight: 0,
+        }],
+        balance: crate::config::Balance::LeastOutstanding,
+        affinity_header: None,
+        affinity_prefix_bytes: 4096,
+        queue_size: 0,
+        queue_timeout_ms: 5000,
+        health_path: None,
+        health_interval_ms: 5000,
     }
 }
 

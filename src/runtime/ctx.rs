@@ -38,8 +38,9 @@ pub struct Ctx<'a> {
     pub output_tokens: Option<u64>,
     pub response_tags: Vec<&'static str>,
     pub attempts: Vec<usize>,
-    /// Each attempt's outcome and duration (ms), in `attempts` order.
-    pub attempt_outcomes: Vec<(&'static str, u64)>,
+    /// Each attempt's endpoint (global index; none when the provider was
+    /// full), outcome and duration (ms), in `attempts` order.
+    pub attempt_outcomes: Vec<(Option<usize>, &'static str, u64)>,
     /// Non-fatal problems (a plugin's `post_response`/`on_end` error), in the log line.
     pub warnings: Vec<String>,
     /// Facts plugins record (response-healing on streams), in the log line.
@@ -192,7 +193,7 @@ impl<'a> Ctx<'a> {
         if !self.attempt_outcomes.is_empty() {
             let mut details = Vec::with_capacity(64 * self.attempt_outcomes.len());
             details.push(b'[');
-            for (i, (&p, (outcome, ms))) in
+            for (i, (&p, (ep, outcome, ms))) in
                 self.attempts.iter().zip(&self.attempt_outcomes).enumerate()
             {
                 if i > 0 {
@@ -203,6 +204,11 @@ impl<'a> Ctx<'a> {
                     &mut details,
                     self.provider_name_at(p).unwrap_or(""),
                 );
+                details.extend_from_slice(b",\"endpoint\":");
+                match ep.and_then(|e| self.snap.endpoint_url(e)) {
+                    Some(url) => crate::json::write_json_string(&mut details, url),
+                    None => details.extend_from_slice(b"null"),
+                }
                 details.extend_from_slice(b",\"outcome\":");
                 crate::json::write_json_string(&mut details, outcome);
                 details.extend_from_slice(format!(",\"ms\":{ms}}}").as_bytes());

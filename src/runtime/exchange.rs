@@ -31,7 +31,7 @@ pub struct Reply {
     pub head: ResponseHead,
 }
 
-/// Send `up_req` to provider `pidx` and read until the final response head
+/// Send `up_req` to endpoint `eidx` (of its provider) and read until the final response head
 /// (into `resp`: the head, then whatever body bytes came with it).
 ///
 /// A pooled connection is used only while silent (see `upstream::Pools`);
@@ -42,24 +42,30 @@ pub async fn send(
     core: &Core,
     client: &TcpStream,
     armed: &mut Armed,
-    pidx: usize,
+    eidx: usize,
     up_req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
 ) -> Result<Reply, RouterError> {
     let snap = &core.snap;
     let server = &snap.config.server;
+    let ep = &snap.eps[eidx];
+    let pidx = ep.provider;
     let provider = &snap.config.providers[pidx];
-    let target = &snap.targets[pidx];
+    let target = &ep.target;
+    let sni = provider
+        .endpoints
+        .get(eidx - snap.endpoints_of(pidx).start)
+        .map_or(provider.host.as_str(), |e| e.host.as_str());
     let timeout = first_byte_timeout(core, pidx);
     let mut retried = false;
     'attempt: loop {
         // A retry always goes out on a fresh connection: the pooled ones are
         // likely as stale as the one that just failed.
-        let pooled = if retried { None } else { core.pools.take(pidx) };
+        let pooled = if retried { None } else { core.pools.take(eidx) };
         let (mut up, reused) = match pooled {
             Some(s) => (s, true),
             None => {
-                let tls = core.tls[pidx].as_ref().map(|c| (c, provider.host.as_str()));
+                let tls = core.tls[pidx].as_ref().map(|c| (c, sni));
                 let connect_timeout = Duration::from_millis(server.connect_timeout_ms);
                 match crate::upstream::connect(target, connect_timeout, tls).await {
                     Ok(s) => (s, false),
@@ -225,11 +231,12 @@ pub async fn read_body(
     core: &Core,
     client: &TcpStream,
     armed: &mut Armed,
-    pidx: usize,
+    eidx: usize,
     reply: &mut Reply,
     resp: &mut Vec<u8>,
     body: &mut Vec<u8>,
 ) -> Result<Body, RouterError> {
+    let pidx = core.snap.eps[eidx].provider;
     let timeout = first_byte_timeout(core, pidx);
     read_whole_body(
         armed,
@@ -249,7 +256,7 @@ pub async fn read_body(
             BodyEnd::Shutdown => RouterError::shutting_down(),
             BodyEnd::TimedOut => RouterError::upstream_timeout(
                 &provider.name,
-                &core.snap.targets[pidx].display,
+                &core.snap.eps[eidx].target.display,
                 timeout.as_millis() as u64,
             ),
             BodyEnd::Bad(why) => RouterError::upstream_bad_response(&provider.name, &why),

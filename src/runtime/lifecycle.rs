@@ -18,6 +18,7 @@
 use std::time::{Duration, Instant};
 
 use super::Core;
+use super::balance;
 use super::ctx::Ctx;
 use super::exchange;
 use super::parse::{self, Parsed, Plan};
@@ -321,21 +322,29 @@ async fn chat(
     // reached the client, the next candidate down the chain (failover).
     let server = &snap.config.server;
     core.budget_requests.set(core.budget_requests.get() + 1);
-    // The providers tried so far, on the stack (no allocation per request).
+    // The providers and endpoints tried so far, on the stack (no allocation
+    // per request).
     let mut tried_buf = [usize::MAX; MAX_EXCLUDED];
     let mut n_tried = 0;
+    let mut tried_eps = [usize::MAX; MAX_EXCLUDED];
+    let mut n_eps = 0;
     let mut next = match forced {
         Some(i) => (i, None),
         None => route_healthy(core, ctx, parsed, &[])?,
     };
+    // Whether one more attempt is allowed: attempts, deadline and budget.
+    let may_retry = |ctx: &Ctx<'_>| {
+        ctx.attempts.len() < server.max_attempts
+            && req.t0.elapsed() < Duration::from_millis(server.retry_deadline_ms)
+            && (core.budget_retries.get() as f64)
+                < server.retry_budget * core.budget_requests.get() as f64 + 10.0
+    };
     loop {
         let (pidx, rewrite) = next;
         let started = Instant::now();
-        ctx.set_provider(pidx);
-        let sent_model = rewrite.clone().unwrap_or_else(|| parsed.model.clone());
-        ctx.sent_model = Some(sent_model.clone());
         let provider = &snap.config.providers[pidx];
         if req.path.ends_with("/count_tokens") && provider.format != ProviderFormat::Anthropic {
+            ctx.set_provider(pidx);
             // Never a fake count: only an Anthropic-format provider can answer.
             return Err(RouterError::bad_request(format!(
                 "count_tokens needs an anthropic-format provider; model '{}' routes to '{}' ({} format)",
@@ -345,9 +354,40 @@ async fn chat(
             ))
             .with_code("count_tokens_unsupported"));
         }
+        if n_tried < MAX_EXCLUDED && !tried_buf[..n_tried].contains(&pidx) {
+            tried_buf[n_tried] = pidx;
+            n_tried += 1;
+        }
+        // The endpoint (balancing; waits when every one is full).
+        let picked = balance::pick(core, pidx, &tried_eps[..n_eps], || {
+            balance::affinity_key(provider, req, parsed, body)
+        })
+        .await;
+        let (eidx, _slot) = match picked {
+            Ok(p) => p,
+            Err(e) => {
+                // Full: down the rule chain when it has another candidate.
+                let alt = (forced.is_none() && may_retry(ctx))
+                    .then(|| route_healthy(core, ctx, parsed, &tried_buf[..n_tried]).ok())
+                    .flatten();
+                ctx.set_provider(pidx);
+                ctx.attempt_outcomes
+                    .push((None, "full", started.elapsed().as_millis() as u64));
+                match alt {
+                    Some(alt) => {
+                        next = alt;
+                        continue;
+                    }
+                    None => return Err(e),
+                }
+            }
+        };
+        ctx.set_provider(pidx);
+        let sent_model = rewrite.clone().unwrap_or_else(|| parsed.model.clone());
+        ctx.sent_model = Some(sent_model.clone());
         let upstream = match provider.format {
             ProviderFormat::Mock => {
-                ctx.attempt_outcomes.push(("ok", 0));
+                ctx.attempt_outcomes.push((Some(eidx), "ok", 0));
                 return answer_mock(core, conn, req, ctx, run, client, parsed).await;
             }
             ProviderFormat::OpenAi if client == Format::Responses && provider.responses => {
@@ -357,25 +397,25 @@ async fn chat(
             ProviderFormat::Anthropic => Format::Anthropic,
             ProviderFormat::Ollama => Format::Ollama,
         };
-        // Whether a failure before the first byte may go to another provider:
-        // attempts, deadline and budget allow it, and a candidate remains.
-        if n_tried < MAX_EXCLUDED {
-            tried_buf[n_tried] = pidx;
-            n_tried += 1;
+        if n_eps < MAX_EXCLUDED {
+            tried_eps[n_eps] = eidx;
+            n_eps += 1;
         }
-        let tried = &tried_buf[..n_tried];
-        let alternative = if forced.is_none()
-            && ctx.attempts.len() < server.max_attempts
-            && req.t0.elapsed() < Duration::from_millis(server.retry_deadline_ms)
-            && (core.budget_retries.get() as f64)
-                < server.retry_budget * core.budget_requests.get() as f64 + 10.0
-        {
-            route_healthy(core, ctx, parsed, tried).ok()
+        // Where a failure before the first byte may go: another endpoint of
+        // this provider first, then down the rule chain (skipping the
+        // providers tried) — when attempts, deadline and budget allow it.
+        let alternative = if !may_retry(ctx) {
+            None
+        } else if balance::has_untried(core, pidx, &tried_eps[..n_eps]) {
+            Some((pidx, rewrite.clone()))
+        } else if forced.is_none() {
+            route_healthy(core, ctx, parsed, &tried_buf[..n_tried]).ok()
         } else {
             None
         };
         let plan = Plan {
             pidx,
+            eidx,
             client,
             upstream,
             passthrough: upstream == client,
@@ -391,7 +431,7 @@ async fn chat(
             if provider.scheme == Scheme::Https && !snap.tls_ready(pidx) {
                 return Err(RouterError::upstream_connect(
                     &provider.name,
-                    &snap.targets[pidx].display,
+                    &snap.eps[eidx].target.display,
                     "TLS is not available for this provider",
                 ));
             }
@@ -426,7 +466,7 @@ async fn chat(
         let ms = started.elapsed().as_millis() as u64;
         match (result, alternative) {
             (Err(e), Some(alt)) if e.failover => {
-                ctx.attempt_outcomes.push((outcome_of(&e), ms));
+                ctx.attempt_outcomes.push((Some(eidx), outcome_of(&e), ms));
                 core.budget_retries.set(core.budget_retries.get() + 1);
                 // The next attempt starts clean.
                 ctx.status = 0;
@@ -439,7 +479,7 @@ async fn chat(
                     Ok(_) => "ok",
                     Err(e) => outcome_of(e),
                 };
-                ctx.attempt_outcomes.push((outcome, ms));
+                ctx.attempt_outcomes.push((Some(eidx), outcome, ms));
                 return result;
             }
         }
@@ -465,8 +505,8 @@ fn route_healthy(
     excluded[..n].copy_from_slice(&tried[..n]);
     let now = crate::observe::now_ms();
     let first_unhealthy = n;
-    for (i, h) in core.snap.health.iter().enumerate() {
-        if n < MAX_EXCLUDED && !h.usable(now) && !tried.contains(&i) {
+    for i in 0..core.snap.config.providers.len() {
+        if n < MAX_EXCLUDED && !tried.contains(&i) && !core.snap.provider_usable(i, now) {
             excluded[n] = i;
             n += 1;
         }
@@ -479,14 +519,14 @@ fn route_healthy(
     }
 }
 
-/// Passive health: what this attempt says about provider `pidx`.
+/// Passive health: what this attempt says about endpoint `eidx`.
 fn record_health(
     core: &Core,
-    pidx: usize,
+    eidx: usize,
     sent: &Result<exchange::Reply, RouterError>,
     resp: &[u8],
 ) {
-    let Some(health) = core.snap.health.get(pidx) else {
+    let Some(health) = core.snap.eps.get(eidx).map(|e| &*e.health) else {
         return;
     };
     let server = &core.snap.config.server;
@@ -632,10 +672,11 @@ async fn upstream_call(
     body: &mut Vec<u8>,
 ) -> Result<Next, RouterError> {
     let pidx = plan.pidx;
+    let eidx = plan.eidx;
     let mut armed = watch::arm();
     let built = Instant::now();
-    let sent = exchange::send(core, &conn.stream, &mut armed, pidx, up_req, resp).await;
-    record_health(core, pidx, &sent, resp);
+    let sent = exchange::send(core, &conn.stream, &mut armed, eidx, up_req, resp).await;
+    record_health(core, eidx, &sent, resp);
     // The router's share so far: everything up to the request being sent
     // (connecting is the upstream's).
     ctx.overhead_us = (built - req.t0).as_micros() as u64;
@@ -704,7 +745,7 @@ async fn upstream_call(
         return match outcome {
             Relay::Complete => {
                 if reusable {
-                    core.pools.give(pidx, reply.up);
+                    core.pools.give(eidx, reply.up);
                 }
                 Ok(after_reply(conn, req))
             }
@@ -718,10 +759,10 @@ async fn upstream_call(
 
     // Buffered reply: read it whole (usage and response tags go in the head).
     let read =
-        exchange::read_body(core, &conn.stream, &mut armed, pidx, &mut reply, resp, body).await?;
+        exchange::read_body(core, &conn.stream, &mut armed, eidx, &mut reply, resp, body).await?;
     let t_done = Instant::now();
     if read.reusable {
-        core.pools.give(pidx, reply.up);
+        core.pools.give(eidx, reply.up);
     } else {
         drop(reply.up);
     }

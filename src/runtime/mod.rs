@@ -3,6 +3,7 @@
 //! immutable [`Snapshot`]. A request lives and dies on the core that
 //! accepted it; nothing on the request path takes a lock.
 
+mod balance;
 mod conn;
 mod ctx;
 mod exchange;
@@ -39,7 +40,15 @@ pub struct Snapshot {
     pub classifier: Option<KeywordClassifier>,
     pub refusal: Option<RefusalClassifier>,
     pub discovery: Discovery,
-    pub targets: Vec<Target>,
+    /// Every provider's endpoints, provider by provider (a provider with a
+    /// `base_url` has one; so does the mock).
+    pub eps: Vec<EndpointState>,
+    /// Provider `p`'s endpoints are `eps[ep_first[p]..ep_first[p + 1]]`.
+    pub ep_first: Vec<usize>,
+    /// Prefix-affinity rings (index = provider; None unless it balances so).
+    pub rings: Vec<Option<crate::upstream::balance::Ring>>,
+    /// Requests waiting for a free slot, per provider (all workers).
+    pub queued: Vec<std::sync::atomic::AtomicU32>,
     /// Prebuilt body of `GET /v1/models`.
     pub models_body: Vec<u8>,
     pub log: Option<LogSender>,
@@ -47,8 +56,18 @@ pub struct Snapshot {
     pub tls: Vec<Option<TlsConnector>>,
     /// 0 for the config the router started with, +1 per reload (SIGHUP).
     pub generation: u64,
-    /// Each provider's passive health (shared by every worker; survives reloads).
-    pub health: Vec<Arc<crate::upstream::health::Health>>,
+}
+
+/// One endpoint of a provider, as the workers see it.
+pub struct EndpointState {
+    pub provider: usize,
+    pub target: Target,
+    /// Passive and active health and requests in flight (shared by every
+    /// worker; survives reloads that keep the endpoint).
+    pub health: Arc<crate::upstream::health::Health>,
+    pub max_in_flight: u32,
+    /// `provider name|url`: what a reload matches endpoints by.
+    pub key: String,
 }
 
 impl Snapshot {
@@ -89,11 +108,46 @@ impl Snapshot {
             crate::route::discover(&config, Duration::from_secs(2));
         warnings.extend(discovery_warnings);
         let targets = crate::upstream::resolve_targets(&config.providers);
-        for (p, t) in config.providers.iter().zip(&targets) {
-            if let Some(e) = &t.resolve_error {
-                warnings.push(format!("provider '{}': {e}", p.name));
+        let mut eps = Vec::with_capacity(targets.len());
+        let mut ep_first = Vec::with_capacity(config.providers.len() + 1);
+        let mut targets = targets.into_iter();
+        for (pidx, p) in config.providers.iter().enumerate() {
+            ep_first.push(eps.len());
+            for e in &p.endpoints {
+                let Some(target) = targets.next() else {
+                    return Err(format!("provider '{}': endpoints out of step", p.name));
+                };
+                if let Some(err) = &target.resolve_error {
+                    warnings.push(format!("provider '{}': {err}", p.name));
+                }
+                let key = format!("{}|{}", p.name, e.url);
+                eps.push(EndpointState {
+                    provider: pidx,
+                    health: crate::upstream::health::for_endpoint(&p.name, &e.url),
+                    target,
+                    max_in_flight: e.max_in_flight,
+                    key,
+                });
             }
         }
+        ep_first.push(eps.len());
+        let rings = config
+            .providers
+            .iter()
+            .map(|p| {
+                (p.balance == crate::config::Balance::PrefixAffinity && p.endpoints.len() > 1).then(
+                    || {
+                        let urls: Vec<&str> = p.endpoints.iter().map(|e| e.url.as_str()).collect();
+                        crate::upstream::balance::Ring::new(&urls)
+                    },
+                )
+            })
+            .collect();
+        let queued = config
+            .providers
+            .iter()
+            .map(|_| std::sync::atomic::AtomicU32::new(0))
+            .collect();
         let models = crate::route::known_models(&config.routers, &discovery);
         let mut models_body = Vec::with_capacity(64 + models.len() * 64);
         models_body.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
@@ -116,12 +170,6 @@ impl Snapshot {
             } else {
                 None
             };
-        let health = config
-            .providers
-            .iter()
-            .zip(&targets)
-            .map(|(p, t)| crate::upstream::health::for_provider(&p.name, &t.display))
-            .collect();
         let mut tls = Vec::with_capacity(config.providers.len());
         for p in &config.providers {
             if p.scheme == crate::config::Scheme::Https && p.active() {
@@ -138,12 +186,14 @@ impl Snapshot {
                 classifier,
                 refusal,
                 discovery,
-                targets,
+                eps,
+                ep_first,
+                rings,
+                queued,
                 models_body,
                 log,
                 tls,
                 generation: 0,
-                health,
             },
             warnings,
         ))
@@ -155,6 +205,28 @@ impl Snapshot {
     /// was built for it).
     pub fn tls_ready(&self, pidx: usize) -> bool {
         self.tls.get(pidx).is_some_and(Option::is_some)
+    }
+
+    /// Provider `pidx`'s endpoints (global indexes).
+    pub fn endpoints_of(&self, pidx: usize) -> std::ops::Range<usize> {
+        let start = self.ep_first.get(pidx).copied().unwrap_or(0);
+        let end = self.ep_first.get(pidx + 1).copied().unwrap_or(start);
+        start..end
+    }
+
+    /// Endpoint `eidx`'s URL as configured.
+    pub fn endpoint_url(&self, eidx: usize) -> Option<&str> {
+        let e = self.eps.get(eidx)?;
+        let p = self.config.providers.get(e.provider)?;
+        let offset = eidx - self.endpoints_of(e.provider).start;
+        p.endpoints.get(offset).map(|e| e.url.as_str())
+    }
+
+    /// Whether any endpoint of provider `pidx` may be tried now.
+    pub fn provider_usable(&self, pidx: usize, now_ms: u64) -> bool {
+        self.eps[self.endpoints_of(pidx)]
+            .iter()
+            .any(|e| e.health.usable(now_ms))
     }
 }
 
@@ -211,9 +283,8 @@ impl Worker {
                 let mut core = Core::new(self.id, snap);
                 core.active = old.active.clone();
                 core.shutdown = old.shutdown.clone();
-                if same_upstreams(&old.snap, &core.snap) {
-                    core.pools.adopt(&old.pools);
-                }
+                let map = kept_endpoints(&old.snap, &core.snap);
+                core.pools.adopt(&old.pools, &map);
                 let core = Rc::new(core);
                 if let Some(log) = &core.log {
                     monoio::spawn(log.clone().run_flusher());
@@ -226,21 +297,18 @@ impl Worker {
     }
 }
 
-/// Whether two snapshots have the same providers at the same addresses, in
-/// the same order (pooled connections can be kept).
-fn same_upstreams(a: &Snapshot, b: &Snapshot) -> bool {
-    a.config.providers.len() == b.config.providers.len()
-        && a.config
-            .providers
-            .iter()
-            .zip(&b.config.providers)
-            .all(|(x, y)| {
-                x.name == y.name
-                    && x.host == y.host
-                    && x.port == y.port
-                    && x.scheme == y.scheme
-                    && x.format == y.format
-            })
+/// For each endpoint of `b`, the index of the same endpoint in `a` (same
+/// provider name, URL and format): its pooled connections can be kept.
+fn kept_endpoints(a: &Snapshot, b: &Snapshot) -> Vec<Option<usize>> {
+    b.eps
+        .iter()
+        .map(|e| {
+            let format = b.config.providers[e.provider].format;
+            a.eps
+                .iter()
+                .position(|o| o.key == e.key && a.config.providers[o.provider].format == format)
+        })
+        .collect()
 }
 
 /// Per-core state: built by each worker from the snapshot, never shared
@@ -263,19 +331,24 @@ pub struct Core {
     /// Chat requests and failover retries on this core (the retry budget).
     pub budget_requests: Cell<u64>,
     pub budget_retries: Cell<u64>,
+    /// Round-robin turn per provider (this core's).
+    pub rr: Vec<Cell<usize>>,
+    /// This core's requests waiting for a slot, per provider.
+    pub waiters: Vec<balance::Waiters>,
 }
 
 impl Core {
     fn new(worker: usize, snap: Arc<Snapshot>) -> Self {
         let cfg = &snap.config.server;
         let pools = Pools::new(
-            snap.config.providers.len(),
+            snap.eps.len(),
             Duration::from_millis(cfg.pool_idle_ttl_ms),
             cfg.pool_max_idle,
         );
         let seed =
             crate::observe::now_ms() ^ ((worker as u64 + 1) << 32) ^ u64::from(std::process::id());
         let log = snap.log.clone().map(|s| Rc::new(CoreLog::new(s)));
+        let n_providers = snap.config.providers.len();
         let tls = snap
             .tls
             .iter()
@@ -293,6 +366,10 @@ impl Core {
             shutdown: Rc::new(shutdown::Shutdown::default()),
             budget_requests: Cell::new(0),
             budget_retries: Cell::new(0),
+            rr: (0..n_providers).map(|_| Cell::new(worker)).collect(),
+            waiters: (0..n_providers)
+                .map(|_| balance::Waiters::default())
+                .collect(),
         }
     }
 

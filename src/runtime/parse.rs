@@ -52,6 +52,8 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 /// How the provider is called for one request.
 pub struct Plan {
     pub pidx: usize,
+    /// The endpoint (global index into `Snapshot::eps`).
+    pub eidx: usize,
     /// The client's wire format (the endpoint it called).
     pub client: Format,
     /// The wire format the provider is spoken to in.
@@ -306,14 +308,16 @@ pub fn build_upstream_request(
     out: &mut Vec<u8>,
 ) {
     let p = &core.snap.config.providers[plan.pidx];
+    let offset = plan.eidx - core.snap.endpoints_of(plan.pidx).start;
+    let ep = p.endpoints.get(offset).unwrap_or(&p.endpoints[0]);
     out.extend_from_slice(b"POST ");
-    out.extend_from_slice(p.base_path.as_bytes());
+    out.extend_from_slice(ep.base_path.as_bytes());
     match plan.upstream {
         Format::OpenAiChat => out.extend_from_slice(b"/chat/completions"),
         Format::Responses => out.extend_from_slice(b"/responses"),
         Format::Ollama => out.extend_from_slice(b"/api/chat"),
         Format::Anthropic => {
-            if !p.base_path.ends_with("/v1") {
+            if !ep.base_path.ends_with("/v1") {
                 out.extend_from_slice(b"/v1");
             }
             out.extend_from_slice(if req.path.ends_with("/count_tokens") {
@@ -331,7 +335,7 @@ pub fn build_upstream_request(
         }
     }
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    out.extend_from_slice(p.host_header.as_bytes());
+    out.extend_from_slice(ep.host_header.as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\n");
     if plan.upstream == Format::Anthropic {
         if let Some(key) = &p.api_key {

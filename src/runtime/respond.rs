@@ -55,6 +55,9 @@ pub fn error(
     if !err.retryable() {
         http::write_header(&mut conn.out, b"x-should-retry", b"false");
     }
+    if let Some(secs) = err.retry_after_s {
+        http::write_header_u64(&mut conn.out, b"retry-after", secs);
+    }
     ctx.write_router_headers(&mut conn.out);
     length_and_close(&mut conn.out, body.len(), close);
     conn.out.extend_from_slice(&body);

@@ -6,11 +6,16 @@
 //! not broken). When the time is up, the next request is its trial: a
 //! success clears the record, a failure ejects it again for longer.
 //!
-//! Records are kept per provider name and address for the life of the
-//! process, so a reload that keeps a provider keeps its health.
+//! With a `health_path`, a prober thread (off the workers) also marks an
+//! endpoint down while its probe fails (llama-server answers 503 while it
+//! loads a model) and brings an ejected one back when a probe succeeds.
+//!
+//! Records are kept per endpoint (provider name and URL) for the life of the
+//! process, so a reload that keeps an endpoint keeps its health and its count
+//! of requests in flight.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
@@ -19,12 +24,38 @@ pub struct Health {
     ejections: AtomicU32,
     /// Unix ms until which the provider is not a candidate.
     until_ms: AtomicU64,
+    /// The active probe's verdict: down until a probe succeeds.
+    probe_down: AtomicBool,
+    /// Requests in flight on this endpoint, across every worker (counted
+    /// only when the provider balances or limits).
+    pub in_flight: AtomicU32,
+    /// Ejections so far (for `check`-style reports and tests).
+    pub ejected_total: AtomicU64,
 }
 
 impl Health {
     /// Whether the provider may be tried at `now_ms`.
     pub fn usable(&self, now_ms: u64) -> bool {
-        now_ms >= self.until_ms.load(Ordering::Relaxed)
+        now_ms >= self.until_ms.load(Ordering::Relaxed) && !self.probe_down.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight now.
+    pub fn load(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// What the active probe saw. A success also ends an ejection early
+    /// (the endpoint has shown it is back); returns true when the verdict
+    /// changed.
+    pub fn probed(&self, ok: bool) -> bool {
+        let was_down = self.probe_down.swap(!ok, Ordering::Relaxed);
+        if ok && self.ejections.load(Ordering::Relaxed) != 0 {
+            self.until_ms.store(0, Ordering::Relaxed);
+            self.failures.store(0, Ordering::Relaxed);
+            self.ejections.store(0, Ordering::Relaxed);
+            return true;
+        }
+        was_down == ok
     }
 
     /// An attempt went well (no write unless there is something to clear).
@@ -48,6 +79,7 @@ impl Health {
         }
         self.failures.store(0, Ordering::Relaxed);
         let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(6);
+        self.ejected_total.fetch_add(1, Ordering::Relaxed);
         self.until_ms
             .store(now_ms + (base_ms << n), Ordering::Relaxed);
         true
@@ -61,8 +93,8 @@ impl Health {
 
 static REGISTRY: Mutex<Option<HashMap<String, Arc<Health>>>> = Mutex::new(None);
 
-/// The record for a provider (by name and address), created on first use.
-pub fn for_provider(name: &str, address: &str) -> Arc<Health> {
+/// The record for an endpoint (by provider name and URL), created on first use.
+pub fn for_endpoint(name: &str, address: &str) -> Arc<Health> {
     let key = format!("{name}|{address}");
     let Ok(mut reg) = REGISTRY.lock() else {
         return Arc::new(Health::default());
@@ -99,12 +131,12 @@ mod tests {
 
     #[test]
     fn records_survive_by_name_and_address() {
-        let a = for_provider("health-test", "127.0.0.1:1");
-        let b = for_provider("health-test", "127.0.0.1:1");
+        let a = for_endpoint("health-test", "127.0.0.1:1");
+        let b = for_endpoint("health-test", "127.0.0.1:1");
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(
             &a,
-            &for_provider("health-test", "127.0.0.1:2")
+            &for_endpoint("health-test", "127.0.0.1:2")
         ));
     }
 }

@@ -15,6 +15,7 @@
 //! the next one (or a fresh connection) is used. Those bytes are never
 //! parsed as the answer to a later request.
 
+pub mod balance;
 pub mod health;
 pub mod tls;
 
@@ -39,20 +40,23 @@ pub struct Target {
     pub resolve_error: Option<String>,
 }
 
-/// Resolve every provider's host (DNS happens here, on the control thread).
+/// Resolve every endpoint's host, provider by provider, endpoints in order
+/// (DNS happens here, on the control thread). A mock provider has one
+/// endpoint with no address.
 pub fn resolve_targets(providers: &[Provider]) -> Vec<Target> {
-    providers
-        .iter()
-        .map(|p| {
-            let display = format!("{}:{}", p.host, p.port);
+    let mut out = Vec::new();
+    for p in providers {
+        for e in &p.endpoints {
+            let display = format!("{}:{}", e.host, e.port);
             if p.format == ProviderFormat::Mock || !p.active() {
-                return Target {
+                out.push(Target {
                     addrs: Vec::new(),
                     display,
                     resolve_error: None,
-                };
+                });
+                continue;
             }
-            match (p.host.as_str(), p.port).to_socket_addrs() {
+            out.push(match (e.host.as_str(), e.port).to_socket_addrs() {
                 Ok(addrs) => {
                     let mut addrs: Vec<SocketAddr> = addrs.collect();
                     // Prefer IPv4 loopback-style order: local servers (llama-server,
@@ -64,14 +68,15 @@ pub fn resolve_targets(providers: &[Provider]) -> Vec<Target> {
                         resolve_error: None,
                     }
                 }
-                Err(e) => Target {
+                Err(err) => Target {
                     addrs: Vec::new(),
                     display,
-                    resolve_error: Some(format!("cannot resolve {}: {e}", p.host)),
+                    resolve_error: Some(format!("cannot resolve {}: {err}", e.host)),
                 },
-            }
-        })
-        .collect()
+            });
+        }
+    }
+    out
 }
 
 /// An upstream connection: plain TCP, or TLS for `https://` providers.
@@ -186,7 +191,7 @@ struct Idle {
     since: Instant,
 }
 
-/// One core's idle upstream connections, one LIFO stack per provider.
+/// One core's idle upstream connections, one LIFO stack per endpoint.
 pub struct Pools {
     idle: RefCell<Vec<Vec<Idle>>>,
     ttl: Duration,
@@ -194,9 +199,9 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(n_providers: usize, ttl: Duration, max_idle: usize) -> Self {
+    pub fn new(n_endpoints: usize, ttl: Duration, max_idle: usize) -> Self {
         Pools {
-            idle: RefCell::new((0..n_providers).map(|_| Vec::new()).collect()),
+            idle: RefCell::new((0..n_endpoints).map(|_| Vec::new()).collect()),
             ttl,
             max_idle,
         }
@@ -205,9 +210,9 @@ impl Pools {
     /// The most recently returned live, silent connection, if any. Expired
     /// ones are dropped, and so is every one on which the upstream spoke (or
     /// closed) while it was idle.
-    pub fn take(&self, provider: usize) -> Option<Conn> {
+    pub fn take(&self, endpoint: usize) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
-        let stack = idle.get_mut(provider)?;
+        let stack = idle.get_mut(endpoint)?;
         let now = Instant::now();
         while let Some(c) = stack.pop() {
             if now.duration_since(c.since) >= self.ttl {
@@ -224,9 +229,9 @@ impl Pools {
     }
 
     /// Give back a connection whose response was read completely.
-    pub fn give(&self, provider: usize, stream: Conn) {
+    pub fn give(&self, endpoint: usize, stream: Conn) {
         let mut idle = self.idle.borrow_mut();
-        if let Some(stack) = idle.get_mut(provider) {
+        if let Some(stack) = idle.get_mut(endpoint) {
             if stack.len() >= self.max_idle {
                 // Drop the oldest: LIFO keeps the warm end.
                 stack.remove(0);
@@ -238,19 +243,22 @@ impl Pools {
         }
     }
 
-    /// Take over `other`'s idle connections (a reload that kept the same
-    /// providers): `other` is left empty.
-    pub fn adopt(&self, other: &Pools) {
-        let taken = std::mem::take(&mut *other.idle.borrow_mut());
+    /// Take over `other`'s idle connections for the endpoints a reload kept:
+    /// `map[i]` is the old index of new endpoint `i` (None: a new endpoint).
+    /// What is not taken over is closed with `other`.
+    pub fn adopt(&self, other: &Pools, map: &[Option<usize>]) {
+        let mut taken = std::mem::take(&mut *other.idle.borrow_mut());
         let mut idle = self.idle.borrow_mut();
-        for (mine, theirs) in idle.iter_mut().zip(taken) {
-            *mine = theirs;
+        for (mine, old) in idle.iter_mut().zip(map) {
+            if let Some(stack) = old.and_then(|o| taken.get_mut(o)) {
+                *mine = std::mem::take(stack);
+            }
         }
     }
 
-    /// Idle connections currently pooled for `provider` (for tests and metrics).
-    pub fn idle_count(&self, provider: usize) -> usize {
-        self.idle.borrow().get(provider).map_or(0, Vec::len)
+    /// Idle connections currently pooled for `endpoint` (for tests and metrics).
+    pub fn idle_count(&self, endpoint: usize) -> usize {
+        self.idle.borrow().get(endpoint).map_or(0, Vec::len)
     }
 }
 
