@@ -42,7 +42,7 @@ pub fn describe(cfg: &Config) -> String {
     let _ = writeln!(
         out,
         "limits: body {} bytes, head {} bytes; timeouts (ms): header {}, idle {}, connect {}, \
-         first byte {}, stream idle {}; sse keep-alive every {} ms; pool: {} idle per provider \
+         first byte {}, stream idle {}; sse keep-alive every {} ms; pool: {} idle per endpoint \
          per worker, ttl {} ms",
         s.max_body_bytes,
         s.max_head_bytes,

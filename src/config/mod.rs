@@ -290,7 +290,7 @@ pub struct ServerConfig {
     pub eject_base_ms: u64,
     /// New key: idle TTL of pooled upstream connections (default 4 000 ms; vLLM drops at ~5 s).
     pub pool_idle_ttl_ms: u64,
-    /// New key: max idle pooled connections per provider per core (default 64).
+    /// New key: max idle pooled connections per endpoint per core (default 64).
     pub pool_max_idle: usize,
 }
 
