@@ -56,6 +56,9 @@ pub struct Snapshot {
     pub tls: Vec<Option<TlsConnector>>,
     /// 0 for the config the router started with, +1 per reload (SIGHUP).
     pub generation: u64,
+    /// Active health probes of this config's endpoints (stop when the
+    /// snapshot is dropped).
+    pub prober: Option<crate::upstream::probe::Prober>,
 }
 
 /// One endpoint of a provider, as the workers see it.
@@ -131,6 +134,36 @@ impl Snapshot {
             }
         }
         ep_first.push(eps.len());
+        let mut probes = Vec::new();
+        for (i, e) in eps.iter().enumerate() {
+            let p = &config.providers[e.provider];
+            let Some(path) = &p.health_path else {
+                continue;
+            };
+            if !p.active() {
+                continue;
+            }
+            let Some(ep) = p.endpoints.get(i - ep_first[e.provider]) else {
+                continue;
+            };
+            if ep.scheme == crate::config::Scheme::Https {
+                warnings.push(format!(
+                    "provider '{}': health_path is not probed on https:// endpoint {} \
+                     (passive health only)",
+                    p.name, ep.url
+                ));
+                continue;
+            }
+            probes.push(crate::upstream::probe::ProbeTarget::new(
+                &p.name,
+                &ep.url,
+                &ep.host_header,
+                path,
+                e.target.addrs.clone(),
+                Duration::from_millis(p.health_interval_ms),
+                e.health.clone(),
+            ));
+        }
         let rings = config
             .providers
             .iter()
@@ -194,6 +227,7 @@ impl Snapshot {
                 log,
                 tls,
                 generation: 0,
+                prober: crate::upstream::probe::start(probes),
             },
             warnings,
         ))

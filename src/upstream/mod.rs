@@ -17,6 +17,7 @@
 
 pub mod balance;
 pub mod health;
+pub mod probe;
 pub mod tls;
 
 use std::cell::RefCell;
