@@ -94,7 +94,10 @@ pub fn affinity_key(provider: &Provider, req: &Request<'_>, parsed: &Parsed, bod
     }
     let mut left = provider.affinity_prefix_bytes;
     let mut h = 0;
-    if let Some(system) = &parsed.system {
+    // OpenAI chat keeps its system prompt inside `messages`: hashed there.
+    if parsed.chat.is_none()
+        && let Some(system) = &parsed.system
+    {
         let s = &system.as_bytes()[..system.len().min(left)];
         h = hash_bytes(h, s);
         left -= s.len();
@@ -109,6 +112,16 @@ pub fn affinity_key(provider: &Provider, req: &Request<'_>, parsed: &Parsed, bod
     h
 }
 
+/// The endpoint an attempt goes to.
+pub struct Picked<'c> {
+    /// Global endpoint index.
+    pub eidx: usize,
+    /// Held while the attempt lasts (None when the provider is not counted).
+    pub slot: Option<Slot<'c>>,
+    /// How long the request waited in the queue for a slot, if it did.
+    pub queued_ms: Option<u64>,
+}
+
 /// An endpoint of provider `pidx` not in `tried` (global endpoint indexes),
 /// with its slot. When every endpoint is full the request waits up to
 /// `queue_timeout_ms` if the provider's queue has room; then 503 with
@@ -118,20 +131,31 @@ pub async fn pick<'c>(
     pidx: usize,
     tried: &[usize],
     key: impl FnOnce() -> u64,
-) -> Result<(usize, Option<Slot<'c>>), RouterError> {
+) -> Result<Picked<'c>, RouterError> {
     let snap = &core.snap;
     let provider = &snap.config.providers[pidx];
     let range = snap.endpoints_of(pidx);
     if !provider.counts_load() {
         // One endpoint, no limit: nothing to count or choose.
-        return Ok((range.start, None));
+        return Ok(Picked {
+            eidx: range.start,
+            slot: None,
+            queued_ms: None,
+        });
     }
     let key = (provider.balance == Balance::PrefixAffinity).then(key);
     let mut queued = false;
-    let deadline = Instant::now() + Duration::from_millis(provider.queue_timeout_ms);
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_millis(provider.queue_timeout_ms);
     let result = loop {
         match try_pick(core, pidx, tried, key) {
-            Ok(picked) => break Ok(picked),
+            Ok((eidx, slot)) => {
+                break Ok(Picked {
+                    eidx,
+                    slot,
+                    queued_ms: queued.then(|| t0.elapsed().as_millis() as u64),
+                });
+            }
             Err(Choice::Full) => {}
             Err(_) => break Err(RouterError::no_route(&provider.name)),
         }

@@ -364,7 +364,15 @@ async fn chat(
         })
         .await;
         let (eidx, _slot) = match picked {
-            Ok(p) => p,
+            Ok(p) => {
+                if let Some(ms) = p.queued_ms {
+                    ctx.notes.push(format!(
+                        "queued {ms} ms for a free slot of provider '{}'",
+                        provider.name
+                    ));
+                }
+                (p.eidx, p.slot)
+            }
             Err(e) => {
                 // Full: down the rule chain when it has another candidate.
                 let alt = (forced.is_none() && may_retry(ctx))

@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod fault;
+pub mod fleet;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
