@@ -35,7 +35,7 @@ use crate::rt;
 
 pub const USAGE: &str = "\
 loadtest load --url URL [--rate R | --concurrency C] [--duration 10s] [--warmup 2s]
-              [--stream] [--model M] [--body-file F] [--threads 1] [--timeout 10s]
+              [--stream] [--model M] [--body-file F] [--bodies-file F] [--threads 1] [--timeout 10s]
               [--max-conns 10000] [--cpu N] [--spin-us N] [--json]
 
 Open loop at R requests/s (latency from the intended send time), or closed
@@ -60,6 +60,9 @@ pub struct LoadConfig {
     pub stream: bool,
     /// The whole request (head and body), sent as is.
     pub request: Vec<u8>,
+    /// More whole requests: with these, requests rotate through
+    /// `request` and `more` in order (e.g. a set of system prompts).
+    pub more: Vec<Vec<u8>>,
     pub threads: usize,
     pub timeout: Duration,
     pub connect_timeout: Duration,
@@ -113,6 +116,7 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
             "warmup",
             "model",
             "body-file",
+            "bodies-file",
             "threads",
             "timeout",
             "max-conns",
@@ -141,8 +145,27 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
         }
         None => default_body(a.str("model").unwrap_or("bench-model"), stream),
     };
+    let more = match a.str("bodies-file") {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| format!("cannot read {f}: {e}"))?;
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    let b = l.as_bytes();
+                    post_request(&url, &if stream { with_stream(b) } else { b.to_vec() })
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let (body, more) = match more.split_first() {
+        // With a bodies file, its lines are the requests.
+        Some((first, rest)) => (first.clone(), rest.to_vec()),
+        None => (post_request(&url, &body), Vec::new()),
+    };
     let cfg = LoadConfig {
-        request: post_request(&url, &body),
+        request: body,
+        more,
         url,
         mode,
         duration: a.duration_or("duration", Duration::from_secs(10))?,
@@ -440,7 +463,8 @@ impl ThreadStats {
 /// State shared by the tasks of one load thread (single-threaded: `Rc`).
 struct Shared {
     addr: std::net::SocketAddr,
-    request: Rc<Vec<u8>>,
+    requests: Vec<Rc<Vec<u8>>>,
+    turn: Cell<usize>,
     timeout: Duration,
     connect_timeout: Duration,
     window_start: Instant,
@@ -463,7 +487,11 @@ async fn thread_main(
     let window_end = window_start + cfg.duration;
     let sh = Rc::new(Shared {
         addr: cfg.url.addr,
-        request: Rc::new(cfg.request.clone()),
+        requests: std::iter::once(&cfg.request)
+            .chain(&cfg.more)
+            .map(|r| Rc::new(r.clone()))
+            .collect(),
+        turn: Cell::new(0),
         timeout: cfg.timeout,
         connect_timeout: cfg.connect_timeout,
         window_start,
@@ -739,7 +767,10 @@ async fn exchange(
     let Some(c) = conn.as_mut() else {
         return Err(Fail::Connect);
     };
-    let (r, _) = c.stream.write_all(sh.request.clone()).await;
+    let turn = sh.turn.get();
+    sh.turn.set(turn.wrapping_add(1));
+    let request = sh.requests[turn % sh.requests.len()].clone();
+    let (r, _) = c.stream.write_all(request).await;
     if r.is_err() {
         return Err(Fail::Write);
     }
@@ -897,6 +928,7 @@ mod tests {
             let url = Url::parse(&format!("http://{addr}{path}"), "/").unwrap();
             let cfg = LoadConfig {
                 request: post_request(&url, &default_body("m", stream)),
+                more: Vec::new(),
                 url,
                 mode,
                 duration: Duration::from_millis(200),
@@ -944,6 +976,7 @@ mod tests {
         let url = Url::parse(&format!("http://{addr}/v1/chat/completions"), "/").unwrap();
         let cfg = LoadConfig {
             request: post_request(&url, &default_body("m", stream)),
+            more: Vec::new(),
             url,
             mode: Mode::Concurrency(1),
             duration: Duration::from_millis(100),

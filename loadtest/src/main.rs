@@ -9,6 +9,7 @@
 
 mod args;
 mod compare;
+mod fleet;
 mod http;
 mod load;
 mod mock;
@@ -32,6 +33,7 @@ fn usage(cmd: &str) -> Option<&'static str> {
         "mock" => Some(mock::USAGE),
         "load" => Some(load::USAGE),
         "compare" => Some(compare::USAGE),
+        "fleet" => Some(fleet::USAGE),
         _ => None,
     }
 }
