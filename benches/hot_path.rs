@@ -889,6 +889,85 @@ fn bench_pool(c: &mut Criterion) {
     });
 }
 
+/// `balance`: choosing one of three endpoints — least outstanding (two
+/// random choices), round robin, prefix affinity (the ring walk with its
+/// load bound) — and hashing a 4 KB prompt prefix for the affinity key.
+fn bench_balance(c: &mut Criterion) {
+    use opensourcellmrouter::config::Balance;
+    use opensourcellmrouter::upstream::balance::{Cand, Ring, choose, hash_bytes};
+    let cands = [
+        Cand {
+            load: 3,
+            max: 0,
+            usable: true,
+            tried: false,
+        },
+        Cand {
+            load: 1,
+            max: 0,
+            usable: true,
+            tried: false,
+        },
+        Cand {
+            load: 2,
+            max: 8,
+            usable: true,
+            tried: false,
+        },
+    ];
+    let ring = Ring::new(&[
+        "http://10.0.0.1:8000/v1",
+        "http://10.0.0.2:8000/v1",
+        "http://10.0.0.3:8000/v1",
+    ]);
+    let rr = std::cell::Cell::new(0);
+    let mut rng = opensourcellmrouter::route::Rng::new(7);
+    let prompt = "You are a careful assistant. ".repeat(150);
+    let key = hash_bytes(0, &prompt.as_bytes()[..4096]);
+    let mut g = c.benchmark_group("balance");
+    g.bench_function("least_outstanding_3", |b| {
+        b.iter(|| {
+            black_box(choose(
+                Balance::LeastOutstanding,
+                &cands,
+                None,
+                None,
+                &rr,
+                &mut rng,
+            ))
+        })
+    });
+    g.bench_function("round_robin_3", |b| {
+        b.iter(|| {
+            black_box(choose(
+                Balance::RoundRobin,
+                &cands,
+                None,
+                None,
+                &rr,
+                &mut rng,
+            ))
+        })
+    });
+    g.bench_function("prefix_affinity_3", |b| {
+        b.iter(|| {
+            black_box(choose(
+                Balance::PrefixAffinity,
+                &cands,
+                Some(black_box(key)),
+                Some(&ring),
+                &rr,
+                &mut rng,
+            ))
+        })
+    });
+    g.throughput(Throughput::Bytes(4096));
+    g.bench_function("affinity_key_4KB", |b| {
+        b.iter(|| black_box(hash_bytes(0, black_box(&prompt.as_bytes()[..4096]))))
+    });
+    g.finish();
+}
+
 /// 1 s warm-up, 2 s measurement. Plots are off (with the plotters backend they cost ~4 s
 /// per benchmark here, more than the measurement); `HOT_PATH_PLOTS=1` turns them on for
 /// the HTML report in `target/criterion/report/`.
@@ -906,6 +985,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_path;
     config = config();
-    targets = bench_head, bench_json, bench_classify, bench_route, bench_sse, bench_pool
+    targets = bench_head, bench_json, bench_classify, bench_route, bench_sse, bench_pool, bench_balance
 }
 criterion_main!(hot_path);

@@ -88,7 +88,9 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
         ],
         &["keep"],
     )?;
-    let router_bin = PathBuf::from(a.str("router-bin").ok_or("--router-bin is required")?);
+    let router_bin = a.str("router-bin").ok_or("--router-bin is required")?;
+    let router_bin: PathBuf =
+        fs::canonicalize(router_bin).map_err(|e| format!("{router_bin}: {e}"))?;
     let rate: f64 = a.opt("rate")?.unwrap_or(5000.0);
     let affinity_rate: f64 = a.opt("affinity-rate")?.unwrap_or(1000.0);
     let duration = a.duration_or("duration", Duration::from_secs(10))?;
@@ -133,7 +135,9 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
         .collect::<Vec<_>>()
         .join(", ");
     let p2c = format!("endpoints = [{list}]\nbalance = \"least_outstanding\"");
-    let aff = format!("endpoints = [{list}]\nbalance = \"prefix_affinity\"\naffinity_prefix_bytes = 2048");
+    let aff = format!(
+        "endpoints = [{list}]\nbalance = \"prefix_affinity\"\naffinity_prefix_bytes = 2048"
+    );
     let mut routers = Vec::new();
     for (name, provider) in [("one-endpoint", single), ("p2c", p2c), ("affinity", aff)] {
         let dir = tmp.join(name);
@@ -169,7 +173,12 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
         spin: None,
     };
     let mut lines = Vec::new();
-    let record = |lines: &mut Vec<Line>, scenario: &str, target: &str, rate: f64, r: &Report, cpu_ns: u64| {
+    let record = |lines: &mut Vec<Line>,
+                  scenario: &str,
+                  target: &str,
+                  rate: f64,
+                  r: &Report,
+                  cpu_ns: u64| {
         let cpu = (r.ok > 0).then(|| (cpu_ns as f64 / 1e3 / r.ok as f64 * 100.0).round() / 100.0);
         progress(&format!(
             "{scenario:<10} {target:<13} {rate:>6} req/s  ok {:>6}  errors {:>3}  p50 {:>5} µs  p99 {:>6} µs  cpu {} µs/req",
@@ -205,8 +214,18 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
             .map(|i| post_request(url, &prompt_body(i)))
             .collect();
         let (first, more) = bodies.split_first().ok_or("no bodies")?;
-        let (r, m) = measure(&cfg(url, affinity_rate, more.to_vec(), first.clone()), p.pid())?;
-        record(&mut lines, "affinity", name, affinity_rate, &r, m.target_cpu_ns);
+        let (r, m) = measure(
+            &cfg(url, affinity_rate, more.to_vec(), first.clone()),
+            p.pid(),
+        )?;
+        record(
+            &mut lines,
+            "affinity",
+            name,
+            affinity_rate,
+            &r,
+            m.target_cpu_ns,
+        );
         let a = affinity_from_log(log, &urls, name)?;
         progress(&format!(
             "affinity   {name:<13} {} requests: {:.1}% on the warm replica, spread max/mean {:.2}, per replica {:?}",
@@ -221,8 +240,18 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
     // 3. Failover: all alive, then one mock killed halfway through.
     let (_, p2c_proc, p2c_url, _) = &routers[1];
     let body = post_request(p2c_url, &load::default_body("bench-model", false));
-    let (r, m) = measure(&cfg(p2c_url, rate, Vec::new(), body.clone()), p2c_proc.pid())?;
-    record(&mut lines, "failover", "all alive", rate, &r, m.target_cpu_ns);
+    let (r, m) = measure(
+        &cfg(p2c_url, rate, Vec::new(), body.clone()),
+        p2c_proc.pid(),
+    )?;
+    record(
+        &mut lines,
+        "failover",
+        "all alive",
+        rate,
+        &r,
+        m.target_cpu_ns,
+    );
     let victim = mocks[2].take().ok_or("no mock")?;
     let kill_at = Instant::now() + Duration::from_millis(30) + warmup + duration / 2;
     let killer = std::thread::spawn(move || {
@@ -236,7 +265,14 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
     });
     let (r, m) = measure(&cfg(p2c_url, rate, Vec::new(), body), p2c_proc.pid())?;
     drop(killer.join().map_err(|_| "killer panicked")?);
-    record(&mut lines, "failover", "one killed", rate, &r, m.target_cpu_ns);
+    record(
+        &mut lines,
+        "failover",
+        "one killed",
+        rate,
+        &r,
+        m.target_cpu_ns,
+    );
     let failover_errors = r.errors.clone();
 
     let out = Output {
@@ -255,7 +291,10 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
     } else {
         let _ = fs::remove_dir_all(&tmp);
     }
-    Ok(out.lines.iter().all(|l| l.scenario == "failover" || l.errors == 0))
+    Ok(out
+        .lines
+        .iter()
+        .all(|l| l.scenario == "failover" || l.errors == 0))
 }
 
 /// Prompt `i` of the affinity workload: a ~2 KB system prompt of its own,
