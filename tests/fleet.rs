@@ -433,6 +433,56 @@ fn active_health_takes_a_loading_replica_out_and_brings_it_back() {
     assert!(ns[1].health_probes() > 0);
 }
 
+#[test]
+fn g2_a_reload_keeps_the_health_and_pools_of_the_endpoints_it_keeps() {
+    let ns = nodes(3);
+    let server = "eject_after_failures = 1\neject_base_ms = 600000";
+    let router = Router::start("fleet-reload", &config(&[&ns[0], &ns[1]], "", server));
+    ns[0].kill();
+    // Until node-0 has failed once (and is ejected for 10 minutes).
+    let mut n = 0;
+    loop {
+        n += 1;
+        let r = ask(&router, &chat("s", "x", false));
+        assert_eq!(answered_by(&r), "node-1");
+        let lines = router.log_lines(n);
+        if details(&lines[n - 1]).len() == 2 {
+            break;
+        }
+    }
+    ns[0].restart();
+    let conns_before = ns[1].accepted();
+    // The new config adds node-2 and keeps node-0 and node-1.
+    let text = config(&[&ns[0], &ns[1], &ns[2]], "", server)
+        .replace("{LOG}", router.log_path.to_str().unwrap());
+    std::fs::write(router.dir.join("config.toml"), text).unwrap();
+    // SAFETY: signalling the child this test started.
+    assert_eq!(
+        unsafe { libc::kill(router.child.id() as i32, libc::SIGHUP) },
+        0
+    );
+    wait_until("the reload", || {
+        router.stderr().contains("config reloaded (generation 1)")
+    });
+    for i in 0..30 {
+        let r = ask(&router, &chat("s", &format!("after {i}"), false));
+        assert_ne!(
+            answered_by(&r),
+            "node-0",
+            "node-0's ejection survived the reload"
+        );
+    }
+    assert_eq!(ns[0].served(), 0);
+    assert!(ns[2].served() > 0, "the new endpoint is used");
+    assert_eq!(
+        ns[1].accepted(),
+        conns_before,
+        "node-1's pooled connection was kept across the reload"
+    );
+    let lines = router.log_lines(n + 30);
+    assert_eq!(lines[n + 29]["config_generation"], 1);
+}
+
 /// Open fds of a process.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

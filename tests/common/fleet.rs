@@ -62,6 +62,8 @@ struct Shared {
     /// Chat requests that reached this replica (any mode).
     served: AtomicUsize,
     health_probes: AtomicUsize,
+    /// Connections accepted (probes included).
+    accepted: AtomicUsize,
     /// The first user/system words of each chat request (for affinity tests).
     prompts: Mutex<Vec<String>>,
     /// Open connections, to reset them on kill.
@@ -87,6 +89,7 @@ impl Node {
             health_ok: AtomicBool::new(true),
             served: AtomicUsize::new(0),
             health_probes: AtomicUsize::new(0),
+            accepted: AtomicUsize::new(0),
             prompts: Mutex::new(Vec::new()),
             conns: Mutex::new(Vec::new()),
             alive: AtomicBool::new(true),
@@ -111,6 +114,7 @@ impl Node {
                 if !shared.alive.load(Ordering::SeqCst) {
                     break;
                 }
+                shared.accepted.fetch_add(1, Ordering::SeqCst);
                 if let Ok(c) = stream.try_clone() {
                     shared.conns.lock().unwrap().push(c);
                 }
@@ -138,6 +142,10 @@ impl Node {
 
     pub fn served(&self) -> usize {
         self.shared.served.load(Ordering::SeqCst)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.shared.accepted.load(Ordering::SeqCst)
     }
 
     pub fn health_probes(&self) -> usize {
