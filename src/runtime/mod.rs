@@ -586,6 +586,16 @@ async fn worker_main(
         monoio::spawn(log.clone().run_flusher());
     }
     let state = Rc::new(Worker::new(core));
+    // Idle upstream connections that expired or were closed by the upstream
+    // are closed even when no request comes to take them.
+    let sweeper = state.clone();
+    monoio::spawn(async move {
+        loop {
+            let ttl = sweeper.current.borrow().pools.ttl();
+            monoio::time::sleep(ttl.max(Duration::from_millis(100))).await;
+            sweeper.current.borrow().pools.sweep();
+        }
+    });
     let wake = monoio::net::UnixStream::from_std(wake);
     let mut drain_signal = std::pin::pin!(async move {
         use monoio::io::AsyncReadRent;

@@ -229,6 +229,22 @@ impl Pools {
         None
     }
 
+    /// Close idle connections that expired or that the upstream closed (or
+    /// spoke on) while they sat in the pool, so an idle router holds no
+    /// dead sockets. Run by each worker every `pool_idle_ttl_ms`.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut idle = self.idle.borrow_mut();
+        for stack in idle.iter_mut() {
+            stack.retain(|c| now.duration_since(c.since) < self.ttl && c.stream.is_silent());
+        }
+    }
+
+    /// How long an idle connection may stay pooled.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Give back a connection whose response was read completely.
     pub fn give(&self, endpoint: usize, stream: Conn) {
         let mut idle = self.idle.borrow_mut();
