@@ -379,3 +379,31 @@ fn skipped_provider_is_warned_about_and_never_selected() {
     );
     assert_eq!(resp.header("x-router-provider"), Some("mock"));
 }
+
+#[test]
+fn g5_a_port_in_use_is_a_clear_error_and_a_non_zero_exit() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = common::temp_dir("port-in-use");
+    let cfg = dir.join("config.toml");
+    std::fs::write(
+        &cfg,
+        mock_config("")
+            .replace("port = 0", &format!("port = {port}"))
+            .replace("{LOG}", dir.join("requests.jsonl").to_str().unwrap()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_opensourcellmrouter"))
+        .arg(&cfg)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+    drop(taken);
+    let _ = std::fs::remove_dir_all(dir);
+}
