@@ -30,14 +30,15 @@ use crate::load::{self, LoadConfig, Mode, Report};
 use crate::rt;
 
 pub const USAGE: &str = "\
-loadtest compare --fleet --router-bin PATH [--rate 5000] [--affinity-rate 1000]
-                 [--duration 10s] [--warmup 2s] [--json-out FILE] [--keep]
+loadtest compare --fleet --router-bin PATH [--baseline-bin PATH] [--rate 5000]
+                 [--affinity-rate 1000] [--duration 10s] [--warmup 2s] [--json-out FILE] [--keep]
 
 Three mocks behind one provider: the cost of balancing (one endpoint, P2C,
 prefix affinity at --rate), prefix affinity on 20 shared system prompts
 (share on the warm replica, load spread, against P2C), and failover (one
 mock killed halfway through a run at --rate: client errors, P99 against the
-run with all alive).
+run with all alive). --baseline-bin adds another build of the router with
+the one-endpoint config to the balancing runs (before/after in one run).
 ";
 
 #[derive(Debug, Serialize)]
@@ -85,6 +86,7 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
             "duration",
             "warmup",
             "json-out",
+            "baseline-bin",
         ],
         &["keep"],
     )?;
@@ -138,13 +140,26 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
     let aff = format!(
         "endpoints = [{list}]\nbalance = \"prefix_affinity\"\naffinity_prefix_bytes = 2048"
     );
+    let baseline = match a.str("baseline-bin") {
+        Some(b) => Some(fs::canonicalize(b).map_err(|e| format!("{b}: {e}"))?),
+        None => None,
+    };
     let mut routers = Vec::new();
-    for (name, provider) in [("one-endpoint", single), ("p2c", p2c), ("affinity", aff)] {
+    let mut setups = vec![
+        ("one-endpoint", single.clone(), router_bin.clone()),
+        ("p2c", p2c, router_bin.clone()),
+        ("affinity", aff, router_bin.clone()),
+    ];
+    if let Some(b) = baseline {
+        // The same single-endpoint config on another build (e.g. before fleets).
+        setups.push(("baseline", single, b));
+    }
+    for (name, provider, bin) in setups {
         let dir = tmp.join(name);
         fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let config = dir.join("router.toml");
         fs::write(&config, router_config_with(&provider, &dir)).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(&router_bin);
+        let mut cmd = Command::new(&bin);
         cmd.arg(&config).current_dir(&dir);
         let (mut p, rx) = spawn(name, cmd, router_cpu, &dir.join("router.log"))?;
         let addr = wait_for_line(
@@ -209,7 +224,7 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
 
     // 2. Prefix affinity on 20 shared system prompts.
     let mut affinity = Vec::new();
-    for (name, p, url, log) in routers.iter().filter(|r| r.0 != "one-endpoint") {
+    for (name, p, url, log) in routers.iter().filter(|r| r.0 == "p2c" || r.0 == "affinity") {
         let bodies: Vec<Vec<u8>> = (0..20)
             .map(|i| post_request(url, &prompt_body(i)))
             .collect();
