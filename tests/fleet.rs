@@ -483,6 +483,61 @@ fn g2_a_reload_keeps_the_health_and_pools_of_the_endpoints_it_keeps() {
     assert_eq!(lines[n + 29]["config_generation"], 1);
 }
 
+#[test]
+fn e3_a_hanging_replica_times_out_and_the_request_goes_to_another() {
+    let ns = nodes(2);
+    ns[0].set_mode(Mode::Hang);
+    let router = Router::start(
+        "fleet-hang",
+        &config(
+            &[&ns[0], &ns[1]],
+            "balance = \"round_robin\"\nfirst_byte_timeout_ms = 300",
+            "",
+        ),
+    );
+    // Round robin starts with node-0 on worker 0: the first request meets the hang.
+    let r = ask(&router, &chat("s", "x", false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(answered_by(&r), "node-1");
+    assert_eq!(r.header("x-router-attempts"), Some("2"));
+    let line = &router.log_lines(1)[0];
+    assert_eq!(
+        details(line),
+        [
+            (ns[0].url(), "timeout".to_string()),
+            (ns[1].url(), "ok".to_string())
+        ]
+    );
+}
+
+#[test]
+fn e6_a_replica_dying_mid_stream_is_never_retried_once_bytes_reached_the_client() {
+    let ns = nodes(2);
+    ns[0].set_mode(Mode::DieMidStream);
+    let router = Router::start(
+        "fleet-die",
+        &config(&[&ns[0], &ns[1]], "balance = \"round_robin\"", ""),
+    );
+    let r = ask(&router, &chat("s", "x", true));
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(text.contains("from node-0"), "{text}");
+    assert!(
+        text.contains("\"error\""),
+        "the client's error event: {text}"
+    );
+    assert!(!text.contains("[DONE]"), "never a fake end: {text}");
+    assert_eq!(ns[1].served(), 0, "not retried after the first byte");
+    let line = &router.log_lines(1)[0];
+    assert_eq!(details(line).len(), 1);
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("upstream_truncated")
+    );
+}
+
 /// Open fds of a process.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
