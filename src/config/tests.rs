@@ -60,10 +60,7 @@ fn embedded_default_parses() {
     assert_eq!(cfg.source, "<embedded default>");
     assert_eq!(cfg.server.host, "127.0.0.1");
     assert_eq!(cfg.server.port, 8090);
-    assert!(
-        !cfg.server.dashboard,
-        "no dashboard in this build: the default does not claim one"
-    );
+    assert!(cfg.server.dashboard, "the default shows the dashboard");
     assert!(cfg.logging.enabled);
     assert_eq!(cfg.logging.path, PathBuf::from("logs/requests.jsonl"));
     let names: Vec<&str> = cfg.providers.iter().map(|p| p.name.as_str()).collect();
@@ -93,16 +90,11 @@ fn inert_keys_are_startup_warnings() {
     let cfg = ok(&format!(
         "[server]\ndashboard = true\n[telemetry]\nenabled = true\n{PROVIDERS}"
     ));
-    assert_eq!(cfg.warnings.len(), 2, "{:?}", cfg.warnings);
+    assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
     assert!(
         cfg.warnings
             .iter()
             .any(|w| w.starts_with("[telemetry] enabled = true"))
-    );
-    assert!(
-        cfg.warnings
-            .iter()
-            .any(|w| w.starts_with("[server] dashboard = true"))
     );
     let quiet = ok(&format!("[telemetry]\nenabled = false\n{PROVIDERS}"));
     assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
@@ -1287,9 +1279,6 @@ rules (top to bottom, first match wins):
    2. tag: request tagged \"code\" → openai (skipped), model rewritten to \"gpt-4o\"
    3. random: any of local \"a\"
    4. fallback: best of all providers (quality_bias 0.5)
-
-warnings:
-  - [server] dashboard = true is accepted but not acted on by this build: /dashboard and /dashboard/events answer 404
 
 config OK (config.toml)
 ";

@@ -75,13 +75,6 @@ pub(crate) fn build(
                 .to_owned(),
         );
     }
-    if server.dashboard {
-        warnings.push(
-            "[server] dashboard = true is accepted but not acted on by this build: \
-             /dashboard and /dashboard/events answer 404"
-                .to_owned(),
-        );
-    }
     Ok(Config {
         source: doc.source().to_owned(),
         server,

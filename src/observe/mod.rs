@@ -8,6 +8,9 @@
 //! disk, and the log thread wakes once per batch rather than once per request.
 //! The log thread writes batches and flushes when the queue runs dry.
 
+pub mod feed;
+pub mod metrics;
+
 use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::future::Future;

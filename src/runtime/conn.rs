@@ -192,7 +192,9 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
         };
         let req_keep_alive = req.keep_alive;
         core.active.set(core.active.get() + 1);
+        core.metrics.request_started();
         let next = lifecycle::serve(&core, &mut conn, Input::Request(&req)).await;
+        core.metrics.request_ended();
         core.active.set(core.active.get() - 1);
         if next == Next::Close || !req_keep_alive {
             return;

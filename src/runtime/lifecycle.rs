@@ -34,6 +34,9 @@ use crate::plugins::{self, Active, Early, Flow, Post, Pre};
 use crate::route::{self, RouteInput};
 use crate::sse::{ChatStreamStats, SseParser};
 
+/// `GET /dashboard`: one self-contained page (no CDN, no build step).
+const DASHBOARD_PAGE: &str = include_str!("../observe/dashboard.html");
+
 /// What the connection loop hands to the lifecycle.
 pub enum Input<'a> {
     /// A request whose head and body were read.
@@ -108,6 +111,12 @@ fn end(core: &Core, ctx: &mut Ctx<'_>, run: &Run, body: &[u8]) {
     if !run.skip_on_end {
         plugins::on_end(&run.active, &mut ctx.warnings);
     }
+    super::metrics::record(core, ctx);
+    if crate::observe::feed::active() && super::metrics::is_chat_path(ctx.path) {
+        let mut line = Vec::with_capacity(1024);
+        ctx.write_line(&mut line, body);
+        crate::observe::feed::publish(crate::observe::feed::event::complete(&line));
+    }
     ctx.log(core, body);
 }
 
@@ -169,10 +178,11 @@ async fn handle(
     {
         return Err(RouterError::unauthorized());
     }
-    const KNOWN: [&str; 7] = [
+    const KNOWN: [&str; 8] = [
         "/v1/chat/completions",
         "/v1/models",
         "/health",
+        "/metrics",
         "/",
         "/v1/messages",
         "/v1/messages/count_tokens",
@@ -221,6 +231,30 @@ async fn handle(
             b"opensourcellmrouter is running\n",
         ),
         ("GET", "/v1/models") => fixed(conn, ctx, b"application/json", &core.snap.models_body),
+        ("GET", "/metrics") => {
+            let text = super::metrics::exposition(core);
+            fixed(
+                conn,
+                ctx,
+                b"text/plain; version=0.0.4; charset=utf-8",
+                text.as_bytes(),
+            );
+        }
+        ("GET" | "HEAD", "/dashboard") if core.snap.config.server.dashboard => fixed(
+            conn,
+            ctx,
+            b"text/html; charset=utf-8",
+            DASHBOARD_PAGE.as_bytes(),
+        ),
+        ("GET", "/dashboard/events") if core.snap.config.server.dashboard => {
+            ctx.status = 200;
+            ctx.overhead_us = req.t0.elapsed().as_micros() as u64;
+            // The fan-out thread owns the connection from now on.
+            if !super::metrics::hand_to_feed(&conn.stream) {
+                return Err(RouterError::internal("the dashboard feed is not available"));
+            }
+            return Ok(Next::Close);
+        }
         (m, p) if KNOWN.contains(&p) => return Err(RouterError::method_not_allowed(m, p)),
         (m, p) => return Err(RouterError::not_found(m, p)),
     }
@@ -298,8 +332,28 @@ async fn chat(
         let early = pre.response.take();
         return answer_early(core, conn, req, ctx, run, client, &parsed, early).await;
     }
+    if crate::observe::feed::active() {
+        crate::observe::feed::publish(crate::observe::feed::event::start(
+            &ctx.id,
+            crate::observe::now_ms(),
+            &ctx.requested_model.clone().unwrap_or_default(),
+            core.metrics
+                .shared()
+                .in_flight
+                .load(std::sync::atomic::Ordering::Relaxed) as usize,
+            ctx.path,
+            parsed.stream,
+        ));
+    }
     // request classifiers
     parse::classify(core, &parsed, &mut ctx.tags);
+    if crate::observe::feed::active() {
+        crate::observe::feed::publish(crate::observe::feed::event::classified(
+            &ctx.id,
+            crate::observe::now_ms(),
+            ctx.tag_names(),
+        ));
+    }
     // pre_request
     if plugins::pre_request(&run.active, &mut pre)? == Flow::Stop || pre.response.is_some() {
         let early = pre.response.take();
@@ -392,6 +446,18 @@ async fn chat(
         };
         ctx.set_provider(pidx);
         let sent_model = rewrite.clone().unwrap_or_else(|| parsed.model.clone());
+        if crate::observe::feed::active() {
+            crate::observe::feed::publish(crate::observe::feed::event::routed(
+                &ctx.id,
+                crate::observe::now_ms(),
+                &provider.name,
+                crate::error::bounded(&sent_model, 256).as_ref(),
+                ctx.attempts.len(),
+                (provider.format != ProviderFormat::Mock)
+                    .then(|| snap.endpoint_url(eidx))
+                    .flatten(),
+            ));
+        }
         ctx.sent_model = Some(sent_model.clone());
         let upstream = match provider.format {
             ProviderFormat::Mock => {

@@ -8,6 +8,7 @@ mod conn;
 mod ctx;
 mod exchange;
 mod lifecycle;
+mod metrics;
 mod parse;
 mod relay;
 mod request;
@@ -314,7 +315,8 @@ impl Worker {
             let snap = PUBLISHED.lock().ok().and_then(|s| s.clone());
             if let Some(snap) = snap {
                 let old = self.current.borrow().clone();
-                let mut core = Core::new(self.id, snap);
+                let old_metrics = self.current.borrow().metrics.clone();
+                let mut core = Core::new(self.id, snap, old_metrics);
                 core.active = old.active.clone();
                 core.shutdown = old.shutdown.clone();
                 let map = kept_endpoints(&old.snap, &core.snap);
@@ -369,10 +371,16 @@ pub struct Core {
     pub rr: Vec<Cell<usize>>,
     /// This core's requests waiting for a slot, per provider.
     pub waiters: Vec<balance::Waiters>,
+    /// This worker's metrics (kept across reloads).
+    pub metrics: Rc<crate::observe::metrics::LocalMetrics>,
 }
 
 impl Core {
-    fn new(worker: usize, snap: Arc<Snapshot>) -> Self {
+    fn new(
+        worker: usize,
+        snap: Arc<Snapshot>,
+        metrics: Rc<crate::observe::metrics::LocalMetrics>,
+    ) -> Self {
         let cfg = &snap.config.server;
         let pools = Pools::new(
             snap.eps.len(),
@@ -404,6 +412,7 @@ impl Core {
             waiters: (0..n_providers)
                 .map(|_| balance::Waiters::default())
                 .collect(),
+            metrics,
         }
     }
 
@@ -581,7 +590,8 @@ async fn worker_main(
     };
     let local = listener.local_addr().unwrap_or(addr);
     let _ = ready.send(Ok(local));
-    let core = Rc::new(Core::new(worker, snap));
+    let metrics = Rc::new(crate::observe::metrics::LocalMetrics::new());
+    let core = Rc::new(Core::new(worker, snap, metrics));
     if let Some(log) = &core.log {
         monoio::spawn(log.clone().run_flusher());
     }
