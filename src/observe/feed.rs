@@ -132,6 +132,7 @@ fn fan_out(rx: Receiver<Msg>) {
         match msg {
             Ok(Msg::Subscribe(stream)) => {
                 let _ = stream.set_nonblocking(true);
+                limit_send_buffer(&stream);
                 let mut s = Subscriber {
                     stream,
                     pending: Vec::new(),
@@ -167,6 +168,22 @@ fn fan_out(rx: Receiver<Msg>) {
             last_keepalive = Instant::now();
             retain(&mut subs, |s| s.push(b": keep-alive\n\n"));
         }
+    }
+}
+
+/// A subscriber's kernel send buffer: 64 KiB (with `MAX_PENDING` beyond
+/// it), so a stalled reader costs bounded memory and is noticed soon.
+fn limit_send_buffer(stream: &TcpStream) {
+    let size: libc::c_int = 64 * 1024;
+    // SAFETY: a live socket; `size` outlives the call.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
