@@ -20,8 +20,22 @@ if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/pip ]; then
     fi
 fi
 
-echo "==> installing tests/sdk/requirements.txt"
-.venv/bin/pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+echo "==> installing tests/sdk, tests/metrics, tests/dashboard requirements"
+.venv/bin/pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt \
+    -r tests/metrics/requirements.txt -r tests/dashboard/requirements.txt
+
+# Tools the observability tests drive: promtool and Prometheus (tests/metrics),
+# headless Chromium (tests/dashboard), tmux (tests/tui.rs).
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
 echo "==> cargo build --bins"
 cargo build --bins
@@ -32,5 +46,13 @@ cargo test --workspace --all-targets
 echo "==> pytest tests/sdk"
 OSR_BIN="${OSR_BIN:-$PWD/target/debug/opensourcellmrouter}" \
     .venv/bin/python -m pytest -q tests/sdk
+
+echo "==> pytest tests/metrics (prometheus_client parser, promtool, a real Prometheus)"
+OSR_BIN="${OSR_BIN:-$PWD/target/debug/opensourcellmrouter}" \
+    .venv/bin/python -m pytest -q tests/metrics
+
+echo "==> pytest tests/dashboard (headless Chromium on the real page)"
+OSR_BIN="${OSR_BIN:-$PWD/target/debug/opensourcellmrouter}" OSR_DASHBOARD_SCREENSHOT=0 \
+    .venv/bin/python -m pytest -q tests/dashboard
 
 echo "==> all tests passed"

@@ -360,8 +360,7 @@ pub fn render(sampled: &[Sampled]) -> String {
         let _ = writeln!(out, "# HELP {name} {}", m.help());
         let _ = writeln!(
             out,
-            "# TYPE {} {}",
-            name.strip_suffix("_total").unwrap_or(name),
+            "# TYPE {name} {}",
             match kind {
                 Kind::Counter => "counter",
                 Kind::Histogram(_) => "histogram",
@@ -405,16 +404,7 @@ pub fn render(sampled: &[Sampled]) -> String {
     );
     for s in sampled {
         let _ = writeln!(out, "# HELP {} {}", s.name, s.help);
-        let _ = writeln!(
-            out,
-            "# TYPE {} {}",
-            if s.kind == "counter" {
-                s.name.strip_suffix("_total").unwrap_or(s.name)
-            } else {
-                s.name
-            },
-            s.kind
-        );
+        let _ = writeln!(out, "# TYPE {} {}", s.name, s.kind);
         for (labels, v) in &s.points {
             let _ = writeln!(
                 out,
@@ -453,7 +443,7 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("# TYPE router_requests counter"));
+        assert!(text.contains("# TYPE router_requests_total counter"));
         assert!(text.contains("router_overhead_seconds_bucket{le=\"0.00005\"}"));
         assert!(text.contains("router_overhead_seconds_bucket{le=\"+Inf\"}"));
     }
