@@ -33,6 +33,7 @@ loadtest compare --router-bin PATH [--router-config FILE] [--nginx-config FILE]
                  [--duration 10s] [--warmup 2s] [--rates 1000,5000,10000]
                  [--max-concurrency 64] [--events 20] [--interval-ms 0] [--first-byte-ms 0]
                  [--router-cpu N] [--load-cpu N] [--model M] [--timeout 5s]
+                 [--observe] [--baseline-bin PATH]
                  [--keep] [--keep-awake] [--quick] [--json] [--json-out FILE]
 
 Starts the mock and the router (generated config unless --router-config),
@@ -50,6 +51,9 @@ vCPU does not halt (like booting with idle=poll; on VMs it removes tens of µs o
 wake-up latency from every hop; its CPU time is charged to no target).
 --quick: a few-second smoke (router and direct, concurrency 1 and 200 req/s);
 exits non-zero if any request failed, never on timings.
+--observe adds router+obs: a second instance of the router with a /metrics
+scrape every second and one dashboard feed subscriber attached.
+--baseline-bin PATH adds baseline: another build of the router, same config.
 --fleet: the fleet scenario instead (three mocks behind one provider:
 balancing cost, prefix affinity, failover); see `loadtest help fleet`.
 ";
@@ -57,6 +61,11 @@ balancing cost, prefix affinity, failover); see `loadtest help fleet`.
 #[derive(Debug, Clone)]
 struct Options {
     router_bin: PathBuf,
+    /// Another build of the router, measured with the same config ("baseline").
+    baseline_bin: Option<PathBuf>,
+    /// Also measure a second instance of the router with a `/metrics`
+    /// scrape every second and one dashboard feed subscriber ("router+obs").
+    observe: bool,
     router_config: Option<PathBuf>,
     nginx_config: Option<PathBuf>,
     nginx_bin: String,
@@ -106,8 +115,9 @@ fn options(argv: &[String]) -> Result<Options, String> {
             "model",
             "timeout",
             "json-out",
+            "baseline-bin",
         ],
-        &["quick", "json", "keep", "keep-awake"],
+        &["quick", "json", "keep", "keep-awake", "observe"],
     )?;
     let quick = a.flag("quick");
     let rates = match a.str("rates") {
@@ -119,6 +129,8 @@ fn options(argv: &[String]) -> Result<Options, String> {
     };
     Ok(Options {
         router_bin: absolute(a.str("router-bin").ok_or("--router-bin is required")?)?,
+        baseline_bin: a.str("baseline-bin").map(absolute).transpose()?,
+        observe: a.flag("observe"),
         router_config: a.str("router-config").map(PathBuf::from),
         nginx_config: a.str("nginx-config").map(PathBuf::from),
         nginx_bin: a.str("nginx-bin").unwrap_or("nginx").into(),
@@ -518,7 +530,12 @@ fn router_config(mock: SocketAddr, tmp: &Path, original: Option<u16>) -> String 
         Some(port) => s += &format!("port = {port}\n"),
         None => s += "port = 0\nworkers = 1\n",
     }
-    s += "dashboard = false\n\n[logging]\nenabled = true\n";
+    // The dashboard routes exist (a `+obs` target subscribes); idle, they cost nothing.
+    s += if original.is_some() {
+        "dashboard = false\n\n[logging]\nenabled = true\n"
+    } else {
+        "dashboard = true\n\n[logging]\nenabled = true\n"
+    };
     s += &format!("path = \"{}\"\n\n", tmp.join("requests.jsonl").display());
     s += &format!(
         "[[providers]]\nname = \"upstream\"\nformat = \"openai\"\nbase_url = \"http://{mock}/v1\"\n\n"
@@ -553,6 +570,42 @@ fn classifier_and_rules() -> String {
     s += "\n[[routers]]\ntype = \"tag\"\ntag = \"travel\"\nprovider = \"upstream\"\n";
     s += "\n[[routers]]\ntype = \"fallback\"\nproviders = [\"upstream\"]\n";
     s
+}
+
+/// What an operator attaches to a router: one dashboard feed subscriber
+/// reading everything, and a `/metrics` scrape every second (two threads of
+/// this process on the load CPU, for as long as it runs).
+fn observe(addr: SocketAddr, cpu: Option<usize>) {
+    use std::io::Read;
+    std::thread::spawn(move || {
+        if let Some(c) = cpu {
+            let _ = rt::pin_current_thread(c);
+        }
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            return;
+        };
+        let _ = s.write_all(b"GET /dashboard/events HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        if let Some(c) = cpu {
+            let _ = rt::pin_current_thread(c);
+        }
+        loop {
+            if let Ok(mut s) = TcpStream::connect(addr) {
+                let _ =
+                    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
 }
 
 /// A reference target that was started (or why not).
@@ -714,30 +767,45 @@ fn run(
             fs::write(&config, router_config(mock_addr, tmp, None)).map_err(|e| e.to_string())?
         }
     }
-    let mut cmd = Command::new(&o.router_bin);
-    cmd.arg(&config).current_dir(tmp);
-    let (mut router, rx) = spawn("router", cmd, router_cpu, &tmp.join("router.log"))?;
-    let addr = wait_for_line(
-        &mut router,
-        &rx,
-        "opensourcellmrouter listening on http://",
-        Duration::from_secs(15),
-    )?;
-    progress(&format!(
-        "router on {addr} (pid {}, CPU {})",
-        router.pid(),
-        fmt_cpu(router_cpu)
-    ));
-    targets.push(Target {
-        name: "router".into(),
-        url: Url::parse(&format!("http://{addr}/v1/chat/completions"), "/")?,
-        proc_index: Some(procs.len()),
-        pid: router.pid(),
-        rss_idle_kb: 0,
-        rss_after_kb: 0,
-        dead: None,
-    });
-    procs.push(router);
+    let mut routers = vec![("router", o.router_bin.clone(), false)];
+    if o.observe && !o.quick {
+        routers.push(("router+obs", o.router_bin.clone(), true));
+    }
+    if let Some(b) = o.baseline_bin.clone().filter(|_| !o.quick) {
+        routers.push(("baseline", b, false));
+    }
+    for (name, bin, observed) in routers {
+        let mut cmd = Command::new(&bin);
+        cmd.arg(&config).current_dir(tmp);
+        let (mut router, rx) = spawn(name, cmd, router_cpu, &tmp.join(format!("{name}.log")))?;
+        let addr = wait_for_line(
+            &mut router,
+            &rx,
+            "opensourcellmrouter listening on http://",
+            Duration::from_secs(15),
+        )?;
+        progress(&format!(
+            "{name} on {addr} (pid {}, CPU {})",
+            router.pid(),
+            fmt_cpu(router_cpu)
+        ));
+        if observed {
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|_| format!("bad router address `{addr}`"))?;
+            observe(addr, load_cpu);
+        }
+        targets.push(Target {
+            name: name.into(),
+            url: Url::parse(&format!("http://{addr}/v1/chat/completions"), "/")?,
+            proc_index: Some(procs.len()),
+            pid: router.pid(),
+            rss_idle_kb: 0,
+            rss_after_kb: 0,
+            dead: None,
+        });
+        procs.push(router);
+    }
 
     if !o.quick {
         start_references(

@@ -3,9 +3,10 @@
 //! `complete` events, one JSON object each, as Server-Sent Events.
 //!
 //! Workers never write to subscribers. A subscriber's socket is handed (a
-//! duplicated descriptor) to one fan-out thread; workers hand it events
-//! through a bounded channel with `try_send` (a full channel drops the event
-//! and counts it). The fan-out thread writes every event to every subscriber
+//! duplicated descriptor) to one fan-out thread. Each worker frames its
+//! events into its own buffer ([`CoreFeed`]) and a per-core flusher hands
+//! the batch to that thread every 2 ms at most, through a bounded channel
+//! with `try_send` (a full channel drops the batch and counts its events). The fan-out thread writes every event to every subscriber
 //! without blocking: a subscriber whose socket buffer and 256 KiB of pending
 //! events are full is dropped (and counted), never waited for. With no
 //! subscriber, what a worker pays per event is one relaxed load
@@ -36,7 +37,7 @@ const MAX_PENDING: usize = 256 * 1024;
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
 enum Msg {
-    Event(Vec<u8>),
+    Frames(Vec<u8>),
     Subscribe(TcpStream),
 }
 
@@ -52,13 +53,81 @@ pub fn subscribers() -> usize {
     SUBSCRIBERS.load(Ordering::Relaxed)
 }
 
-/// Hand one event (a JSON object) to the fan-out thread. Never blocks.
-pub fn publish(event: Vec<u8>) {
+/// Hand framed events (`data: {…}\n\n` each) to the fan-out thread.
+/// Never blocks.
+pub fn publish(frames: Vec<u8>) {
     let Some(tx) = HUB.get() else { return };
-    match tx.try_send(Msg::Event(event)) {
+    match tx.try_send(Msg::Frames(frames)) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            DROPPED_EVENTS.fetch_add(1, Ordering::Relaxed);
+        Err(TrySendError::Full(Msg::Frames(b)))
+        | Err(TrySendError::Disconnected(Msg::Frames(b))) => {
+            let n = b.windows(6).filter(|w| w == b"data: ").count();
+            DROPPED_EVENTS.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Err(_) => {}
+    }
+}
+
+/// How long a worker keeps events before handing them over.
+const BATCH_DELAY: Duration = Duration::from_millis(2);
+/// A batch this large is handed over at once.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// One worker's pending feed events (`!Send`: lives in the worker).
+#[derive(Default)]
+pub struct CoreFeed {
+    buf: std::cell::RefCell<Vec<u8>>,
+    pending: std::cell::Cell<bool>,
+    waker: std::cell::Cell<Option<std::task::Waker>>,
+}
+
+impl CoreFeed {
+    /// Frame one event written by `f` (a JSON object) into the batch.
+    /// Callers check [`active`] first.
+    pub fn push(&self, f: impl FnOnce(&mut Vec<u8>)) {
+        let mut buf = self.buf.borrow_mut();
+        buf.extend_from_slice(b"data: ");
+        f(&mut buf);
+        buf.extend_from_slice(b"\n\n");
+        if buf.len() >= BATCH_BYTES {
+            let batch = std::mem::take(&mut *buf);
+            drop(buf);
+            publish(batch);
+        } else if !self.pending.replace(true)
+            && let Some(w) = self.waker.take()
+        {
+            w.wake();
+        }
+    }
+
+    /// The worker's flusher task: waits for a first event, lets the batch
+    /// gather for `BATCH_DELAY`, hands it over.
+    pub async fn run_flusher(self: std::rc::Rc<Self>) {
+        loop {
+            PendingEvents(&self).await;
+            monoio::time::sleep(BATCH_DELAY).await;
+            self.pending.set(false);
+            let batch = std::mem::take(&mut *self.buf.borrow_mut());
+            if !batch.is_empty() {
+                publish(batch);
+            }
+        }
+    }
+}
+
+struct PendingEvents<'a>(&'a CoreFeed);
+
+impl std::future::Future for PendingEvents<'_> {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0.pending.get() {
+            std::task::Poll::Ready(())
+        } else {
+            self.0.waker.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
         }
     }
 }
@@ -130,31 +199,16 @@ fn fan_out(rx: Receiver<Msg>) {
     loop {
         let msg = rx.recv_timeout(Duration::from_secs(1));
         match msg {
-            Ok(Msg::Subscribe(stream)) => {
-                let _ = stream.set_nonblocking(true);
-                limit_send_buffer(&stream);
-                let mut s = Subscriber {
-                    stream,
-                    pending: Vec::new(),
-                };
-                if s.push(HEAD) {
-                    subs.push(s);
-                } else {
-                    SUBSCRIBERS.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-            Ok(Msg::Event(event)) => {
+            Ok(Msg::Subscribe(stream)) => add(&mut subs, stream),
+            Ok(Msg::Frames(frames)) => {
                 frame.clear();
-                frame.extend_from_slice(b"data: ");
-                frame.extend_from_slice(&event);
-                frame.extend_from_slice(b"\n\n");
+                frame.extend_from_slice(&frames);
                 // Whatever else is queued goes out in the same writes.
-                while let Ok(Msg::Event(e)) = rx.try_recv() {
-                    frame.extend_from_slice(b"data: ");
-                    frame.extend_from_slice(&e);
-                    frame.extend_from_slice(b"\n\n");
-                    if frame.len() > 64 * 1024 {
-                        break;
+                while frame.len() < BATCH_BYTES {
+                    match rx.try_recv() {
+                        Ok(Msg::Frames(more)) => frame.extend_from_slice(&more),
+                        Ok(Msg::Subscribe(stream)) => add(&mut subs, stream),
+                        Err(_) => break,
                     }
                 }
                 retain(&mut subs, |s| s.push(&frame));
@@ -168,6 +222,21 @@ fn fan_out(rx: Receiver<Msg>) {
             last_keepalive = Instant::now();
             retain(&mut subs, |s| s.push(b": keep-alive\n\n"));
         }
+    }
+}
+
+/// A new subscriber: the response head, then it gets every batch.
+fn add(subs: &mut Vec<Subscriber>, stream: TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    limit_send_buffer(&stream);
+    let mut s = Subscriber {
+        stream,
+        pending: Vec::new(),
+    };
+    if s.push(HEAD) {
+        subs.push(s);
+    } else {
+        SUBSCRIBERS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -201,77 +270,77 @@ fn retain(subs: &mut Vec<Subscriber>, mut f: impl FnMut(&mut Subscriber) -> bool
 pub mod event {
     use crate::json::write_json_string;
 
-    fn head(kind: &str, id: &str, ts_ms: u64) -> Vec<u8> {
-        let mut b = Vec::with_capacity(160);
+    fn head(b: &mut Vec<u8>, kind: &str, id: &str, ts_ms: u64) {
         b.extend_from_slice(b"{\"type\":\"");
         b.extend_from_slice(kind.as_bytes());
         b.extend_from_slice(b"\",\"id\":");
-        write_json_string(&mut b, id);
+        write_json_string(b, id);
         b.extend_from_slice(format!(",\"ts_ms\":{ts_ms}").as_bytes());
-        b
     }
 
     pub fn start(
+        b: &mut Vec<u8>,
         id: &str,
         ts_ms: u64,
         model: &str,
         in_flight: usize,
         path: &str,
         stream: bool,
-    ) -> Vec<u8> {
-        let mut b = head("start", id, ts_ms);
+    ) {
+        head(b, "start", id, ts_ms);
         b.extend_from_slice(b",\"model\":");
-        write_json_string(&mut b, model);
+        write_json_string(b, model);
         b.extend_from_slice(format!(",\"in_flight\":{in_flight},\"path\":").as_bytes());
-        write_json_string(&mut b, path);
+        write_json_string(b, path);
         b.extend_from_slice(format!(",\"stream\":{stream}}}").as_bytes());
-        b
     }
 
-    pub fn classified<'a>(id: &str, ts_ms: u64, tags: impl Iterator<Item = &'a str>) -> Vec<u8> {
-        let mut b = head("classified", id, ts_ms);
+    pub fn classified<'a>(
+        b: &mut Vec<u8>,
+        id: &str,
+        ts_ms: u64,
+        tags: impl Iterator<Item = &'a str>,
+    ) {
+        head(b, "classified", id, ts_ms);
         b.extend_from_slice(b",\"tags\":[");
         for (i, t) in tags.enumerate() {
             if i > 0 {
                 b.push(b',');
             }
-            write_json_string(&mut b, t);
+            write_json_string(b, t);
         }
         b.extend_from_slice(b"]}");
-        b
     }
 
     pub fn routed(
+        b: &mut Vec<u8>,
         id: &str,
         ts_ms: u64,
         provider: &str,
         model: &str,
         attempt: usize,
         endpoint: Option<&str>,
-    ) -> Vec<u8> {
-        let mut b = head("routed", id, ts_ms);
+    ) {
+        head(b, "routed", id, ts_ms);
         b.extend_from_slice(b",\"provider\":");
-        write_json_string(&mut b, provider);
+        write_json_string(b, provider);
         b.extend_from_slice(b",\"model\":");
-        write_json_string(&mut b, model);
+        write_json_string(b, model);
         b.extend_from_slice(format!(",\"attempt\":{attempt},\"endpoint\":").as_bytes());
         match endpoint {
-            Some(e) => write_json_string(&mut b, e),
+            Some(e) => write_json_string(b, e),
             None => b.extend_from_slice(b"null"),
         }
         b.push(b'}');
-        b
     }
 
     /// `complete`: the request's log line (a JSON object, no newline) with
     /// `"type":"complete"` first.
-    pub fn complete(log_line: &[u8]) -> Vec<u8> {
-        let mut b = Vec::with_capacity(log_line.len() + 24);
+    pub fn complete(b: &mut Vec<u8>, log_line: &[u8]) {
         b.extend_from_slice(b"{\"type\":\"complete\",");
         let inner = log_line.strip_prefix(b"{").unwrap_or(log_line);
         let inner = inner.strip_suffix(b"\n").unwrap_or(inner);
         b.extend_from_slice(inner);
-        b
     }
 }
 
@@ -282,21 +351,26 @@ mod tests {
 
     #[test]
     fn events_are_json() {
-        let s = event::start("r-1", 5, "m\"x", 2, "/v1/chat/completions", true);
+        let build = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = Vec::new();
+            f(&mut b);
+            b
+        };
+        let s = build(&|b| event::start(b, "r-1", 5, "m\"x", 2, "/v1/chat/completions", true));
         let v: serde_json::Value = serde_json::from_slice(&s).unwrap();
         assert_eq!(v["type"], "start");
         assert_eq!(v["model"], "m\"x");
         assert_eq!(v["in_flight"], 2);
-        let c = event::classified("r-1", 6, ["a", "b"].into_iter());
+        let c = build(&|b| event::classified(b, "r-1", 6, ["a", "b"].into_iter()));
         let v: serde_json::Value = serde_json::from_slice(&c).unwrap();
         assert_eq!(v["tags"], serde_json::json!(["a", "b"]));
-        let r = event::routed("r-1", 7, "p", "m", 2, None);
+        let r = build(&|b| event::routed(b, "r-1", 7, "p", "m", 2, None));
         let v: serde_json::Value = serde_json::from_slice(&r).unwrap();
         assert_eq!(
             (v["attempt"].as_u64(), v["endpoint"].is_null()),
             (Some(2), true)
         );
-        let done = event::complete(b"{\"id\":\"r-1\",\"status\":200}\n");
+        let done = build(&|b| event::complete(b, b"{\"id\":\"r-1\",\"status\":200}\n"));
         let v: serde_json::Value = serde_json::from_slice(&done).unwrap();
         assert_eq!(
             (v["type"].as_str(), v["status"].as_u64()),
@@ -311,7 +385,10 @@ mod tests {
         let (server, _) = l.accept().unwrap();
         assert!(subscribe(server));
         assert!(active());
-        publish(event::start("r-9", 1, "m", 1, "/v1/messages", false));
+        let mut frames = b"data: ".to_vec();
+        event::start(&mut frames, "r-9", 1, "m", 1, "/v1/messages", false);
+        frames.extend_from_slice(b"\n\n");
+        publish(frames);
         client
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();

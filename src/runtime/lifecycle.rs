@@ -113,9 +113,17 @@ fn end(core: &Core, ctx: &mut Ctx<'_>, run: &Run, body: &[u8]) {
     }
     super::metrics::record(core, ctx);
     if crate::observe::feed::active() && super::metrics::is_chat_path(ctx.path) {
-        let mut line = Vec::with_capacity(1024);
+        // One serialization for the feed and the log line.
+        let mut line = std::mem::take(&mut *core.line_scratch.borrow_mut());
+        line.clear();
         ctx.write_line(&mut line, body);
-        crate::observe::feed::publish(crate::observe::feed::event::complete(&line));
+        core.feed
+            .push(|b| crate::observe::feed::event::complete(b, &line));
+        if let Some(log) = &core.log {
+            log.append(|out| out.extend_from_slice(&line));
+        }
+        *core.line_scratch.borrow_mut() = line;
+        return;
     }
     ctx.log(core, body);
 }
@@ -333,26 +341,34 @@ async fn chat(
         return answer_early(core, conn, req, ctx, run, client, &parsed, early).await;
     }
     if crate::observe::feed::active() {
-        crate::observe::feed::publish(crate::observe::feed::event::start(
-            &ctx.id,
-            crate::observe::now_ms(),
-            &ctx.requested_model.clone().unwrap_or_default(),
-            core.metrics
-                .shared()
-                .in_flight
-                .load(std::sync::atomic::Ordering::Relaxed) as usize,
-            ctx.path,
-            parsed.stream,
-        ));
+        let in_flight = core
+            .metrics
+            .shared()
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed) as usize;
+        core.feed.push(|b| {
+            crate::observe::feed::event::start(
+                b,
+                &ctx.id,
+                crate::observe::now_ms(),
+                ctx.requested_model.as_deref().unwrap_or(""),
+                in_flight,
+                ctx.path,
+                parsed.stream,
+            )
+        });
     }
     // request classifiers
     parse::classify(core, &parsed, &mut ctx.tags);
     if crate::observe::feed::active() {
-        crate::observe::feed::publish(crate::observe::feed::event::classified(
-            &ctx.id,
-            crate::observe::now_ms(),
-            ctx.tag_names(),
-        ));
+        core.feed.push(|b| {
+            crate::observe::feed::event::classified(
+                b,
+                &ctx.id,
+                crate::observe::now_ms(),
+                ctx.tag_names(),
+            )
+        });
     }
     // pre_request
     if plugins::pre_request(&run.active, &mut pre)? == Flow::Stop || pre.response.is_some() {
@@ -447,16 +463,19 @@ async fn chat(
         ctx.set_provider(pidx);
         let sent_model = rewrite.clone().unwrap_or_else(|| parsed.model.clone());
         if crate::observe::feed::active() {
-            crate::observe::feed::publish(crate::observe::feed::event::routed(
-                &ctx.id,
-                crate::observe::now_ms(),
-                &provider.name,
-                crate::error::bounded(&sent_model, 256).as_ref(),
-                ctx.attempts.len(),
-                (provider.format != ProviderFormat::Mock)
-                    .then(|| snap.endpoint_url(eidx))
-                    .flatten(),
-            ));
+            core.feed.push(|b| {
+                crate::observe::feed::event::routed(
+                    b,
+                    &ctx.id,
+                    crate::observe::now_ms(),
+                    &provider.name,
+                    crate::error::bounded(&sent_model, 256).as_ref(),
+                    ctx.attempts.len(),
+                    (provider.format != ProviderFormat::Mock)
+                        .then(|| snap.endpoint_url(eidx))
+                        .flatten(),
+                )
+            });
         }
         ctx.sent_model = Some(sent_model.clone());
         let upstream = match provider.format {

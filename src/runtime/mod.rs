@@ -315,8 +315,11 @@ impl Worker {
             let snap = PUBLISHED.lock().ok().and_then(|s| s.clone());
             if let Some(snap) = snap {
                 let old = self.current.borrow().clone();
-                let old_metrics = self.current.borrow().metrics.clone();
-                let mut core = Core::new(self.id, snap, old_metrics);
+                let (old_metrics, old_feed) = {
+                    let cur = self.current.borrow();
+                    (cur.metrics.clone(), cur.feed.clone())
+                };
+                let mut core = Core::new(self.id, snap, old_metrics, old_feed);
                 core.active = old.active.clone();
                 core.shutdown = old.shutdown.clone();
                 let map = kept_endpoints(&old.snap, &core.snap);
@@ -373,6 +376,10 @@ pub struct Core {
     pub waiters: Vec<balance::Waiters>,
     /// This worker's metrics (kept across reloads).
     pub metrics: Rc<crate::observe::metrics::LocalMetrics>,
+    /// This worker's pending dashboard feed events (kept across reloads).
+    pub feed: Rc<crate::observe::feed::CoreFeed>,
+    /// A reused buffer for a log line that also goes to the feed.
+    pub line_scratch: RefCell<Vec<u8>>,
 }
 
 impl Core {
@@ -380,6 +387,7 @@ impl Core {
         worker: usize,
         snap: Arc<Snapshot>,
         metrics: Rc<crate::observe::metrics::LocalMetrics>,
+        feed: Rc<crate::observe::feed::CoreFeed>,
     ) -> Self {
         let cfg = &snap.config.server;
         let pools = Pools::new(
@@ -413,6 +421,8 @@ impl Core {
                 .map(|_| balance::Waiters::default())
                 .collect(),
             metrics,
+            feed,
+            line_scratch: RefCell::new(Vec::new()),
         }
     }
 
@@ -591,7 +601,9 @@ async fn worker_main(
     let local = listener.local_addr().unwrap_or(addr);
     let _ = ready.send(Ok(local));
     let metrics = Rc::new(crate::observe::metrics::LocalMetrics::new());
-    let core = Rc::new(Core::new(worker, snap, metrics));
+    let feed = Rc::new(crate::observe::feed::CoreFeed::default());
+    monoio::spawn(feed.clone().run_flusher());
+    let core = Rc::new(Core::new(worker, snap, metrics, feed));
     if let Some(log) = &core.log {
         monoio::spawn(log.clone().run_flusher());
     }
