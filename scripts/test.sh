@@ -22,7 +22,8 @@ fi
 
 echo "==> installing tests/sdk, tests/metrics, tests/dashboard requirements"
 .venv/bin/pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt \
-    -r tests/metrics/requirements.txt -r tests/dashboard/requirements.txt
+    -r tests/metrics/requirements.txt -r tests/dashboard/requirements.txt \
+    -r tests/otel/requirements.txt
 
 # Tools the observability tests drive: promtool and Prometheus (tests/metrics),
 # headless Chromium (tests/dashboard), tmux (tests/tui.rs).
@@ -50,6 +51,10 @@ OSR_BIN="${OSR_BIN:-$PWD/target/debug/opensourcellmrouter}" \
 echo "==> pytest tests/metrics (prometheus_client parser, promtool, a real Prometheus)"
 OSR_BIN="${OSR_BIN:-$PWD/target/debug/opensourcellmrouter}" \
     .venv/bin/python -m pytest -q tests/metrics
+
+echo "==> pytest tests/otel (OTLP decoded with the official opentelemetry-proto classes)"
+OSR_BIN="${OSR_BIN:-$PWD/target/debug/opensourcellmrouter}" \
+    .venv/bin/python -m pytest -q tests/otel
 
 echo "==> pytest tests/dashboard (headless Chromium on the real page)"
 OSR_BIN="${OSR_BIN:-$PWD/target/debug/opensourcellmrouter}" OSR_DASHBOARD_SCREENSHOT=0 \

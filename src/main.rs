@@ -261,6 +261,9 @@ fn serve(path: Option<&str>) -> ExitCode {
     if !opensourcellmrouter::observe::wait_for_writer(std::time::Duration::from_secs(5)) {
         diag::warn("the request log could not be flushed in time");
     }
+    // Spans still queued go to the collector (bounded: a collector that does
+    // not answer does not hold the exit up for long).
+    opensourcellmrouter::runtime::telemetry::flush_at_exit(std::time::Duration::from_secs(3));
     diag::always("drained: exiting");
     ExitCode::SUCCESS
 }

@@ -67,14 +67,6 @@ pub(crate) fn build(
     let (keyword_tags, classifiers) = classifiers(doc, raw.classifiers, &mut warnings)?;
     let response_classifiers = response_classifiers(doc, raw.response_classifiers)?;
     let plugins = plugins(doc, raw.plugins, &names)?;
-    // Accepted for compatibility, not acted on by this build: said at startup.
-    if telemetry.enabled {
-        warnings.push(
-            "[telemetry] enabled = true is accepted but not acted on by this build: \
-             nothing is exported over OTLP and `trace_id` stays null"
-                .to_owned(),
-        );
-    }
     Ok(Config {
         source: doc.source().to_owned(),
         server,

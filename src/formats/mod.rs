@@ -177,6 +177,18 @@ pub enum FinishReason {
     StopSequence,
 }
 
+impl FinishReason {
+    /// The OpenAI spelling (what `gen_ai.response.finish_reasons` carries).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop | FinishReason::StopSequence => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub input_tokens: u64,

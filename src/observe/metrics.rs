@@ -326,11 +326,9 @@ pub struct Sampled {
 /// One label set's values summed over the workers: labels, cells, count, sum.
 type Merged = (Vec<(&'static str, String)>, Vec<u64>, u64, f64);
 
-/// The exposition: every worker's series merged (summed by label set), then
-/// the scrape-time samples.
-pub fn render(sampled: &[Sampled]) -> String {
+/// Every worker's series summed by label set, and the requests in flight.
+fn collect() -> (HashMap<Metric, Vec<Merged>>, u64) {
     let workers: Vec<Arc<WorkerMetrics>> = WORKERS.lock().map(|w| w.clone()).unwrap_or_default();
-    // metric → label text → (cells, count, sum)
     let mut merged: HashMap<Metric, Vec<Merged>> = HashMap::new();
     let mut in_flight = 0u64;
     for w in &workers {
@@ -353,6 +351,99 @@ pub fn render(sampled: &[Sampled]) -> String {
             }
         }
     }
+    (merged, in_flight)
+}
+
+/// The counters and histograms for OTLP export (cumulative since `start_ns`),
+/// named as in the OpenTelemetry conventions (`gen_ai.client.token.usage`, …).
+pub fn otlp_snapshot(start_ns: u64, now_ns: u64) -> crate::observe::otlp::MetricsData {
+    use crate::observe::otlp::{AttrValue, GaugePoint, HistPoint, MetricsData, Number, SumPoint};
+    let (merged, in_flight) = collect();
+    let mut m = MetricsData {
+        start_unix_ns: start_ns,
+        time_unix_ns: now_ns,
+        ..MetricsData::default()
+    };
+    let attrs = |labels: &[(&'static str, String)]| -> Vec<(&'static str, AttrValue)> {
+        labels
+            .iter()
+            .map(|(k, v)| (otel_key(k), AttrValue::Str(v.clone())))
+            .collect()
+    };
+    for metric in Metric::ALL {
+        let Some(points) = merged.get(&metric) else {
+            continue;
+        };
+        let (name, unit) = otel_name(metric);
+        for (labels, cells, count, sum) in points {
+            match metric.kind() {
+                Kind::Counter => m.sums.push(SumPoint {
+                    name,
+                    unit,
+                    description: metric.help(),
+                    attributes: attrs(labels),
+                    value: Number::from(cells.first().copied().unwrap_or(0)),
+                    monotonic: true,
+                }),
+                Kind::Histogram(bounds) => m.histograms.push(HistPoint {
+                    name,
+                    unit,
+                    description: metric.help(),
+                    attributes: attrs(labels),
+                    count: *count,
+                    sum: *sum,
+                    bounds: bounds.to_vec(),
+                    bucket_counts: cells.clone(),
+                }),
+            }
+        }
+    }
+    m.gauges.push(GaugePoint {
+        name: "router.in_flight",
+        unit: "{request}",
+        description: "Requests being served now.",
+        attributes: Vec::new(),
+        value: Number::from(in_flight),
+    });
+    m
+}
+
+/// The OpenTelemetry name and unit of a metric.
+fn otel_name(m: Metric) -> (&'static str, &'static str) {
+    match m {
+        Metric::Requests => ("router.requests", "{request}"),
+        Metric::OperationDuration => ("gen_ai.client.operation.duration", "s"),
+        Metric::TimeToFirstToken => ("gen_ai.server.time_to_first_token", "s"),
+        Metric::TokenUsage => ("gen_ai.client.token.usage", "{token}"),
+        Metric::Overhead => ("router.overhead", "s"),
+        Metric::UpstreamFirstByte => ("router.upstream.first_byte", "s"),
+        Metric::UpstreamErrors => ("router.upstream.errors", "{attempt}"),
+        Metric::Attempts => ("router.attempts", "{attempt}"),
+        Metric::Failovers => ("router.failovers", "{attempt}"),
+    }
+}
+
+/// Label names as OpenTelemetry attribute keys.
+fn otel_key(k: &'static str) -> &'static str {
+    match k {
+        "gen_ai_operation_name" => "gen_ai.operation.name",
+        "gen_ai_token_type" => "gen_ai.token.type",
+        "gen_ai_request_model" => "gen_ai.request.model",
+        "provider" => "router.provider",
+        "model" => "gen_ai.request.model",
+        "client_format" => "router.client_format",
+        "status" => "http.response.status_code",
+        "endpoint" => "router.endpoint",
+        "outcome" => "router.outcome",
+        "kind" => "error.type",
+        k => k,
+    }
+}
+
+/// The exposition: every worker's series merged (summed by label set), then
+/// the scrape-time samples.
+pub fn render(sampled: &[Sampled]) -> String {
+    let (mut merged, in_flight) = collect();
     let mut out = String::with_capacity(16 * 1024);
     for m in Metric::ALL {
         let kind = m.kind();

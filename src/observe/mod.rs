@@ -10,6 +10,8 @@
 
 pub mod feed;
 pub mod metrics;
+pub mod otlp;
+pub mod trace;
 
 use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};

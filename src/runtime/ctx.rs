@@ -45,6 +45,12 @@ pub struct Ctx<'a> {
     pub warnings: Vec<String>,
     /// Facts plugins record (response-healing on streams), in the log line.
     pub notes: Vec<String>,
+    /// The provider's finish reason, when it was seen (traces).
+    pub finish_reason: Option<String>,
+    /// This request's trace (when `[telemetry] enabled`).
+    pub trace: Option<super::telemetry::Trace>,
+    /// Each attempt's span: id, start and end (unix ns), in `attempts` order.
+    pub attempt_spans: Vec<([u8; 8], u64, u64)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -76,6 +82,9 @@ impl<'a> Ctx<'a> {
             attempt_outcomes: Vec::new(),
             warnings: Vec::new(),
             notes: Vec::new(),
+            finish_reason: None,
+            trace: None,
+            attempt_spans: Vec::new(),
         }
     }
 
@@ -173,7 +182,10 @@ impl<'a> Ctx<'a> {
         }
         w.opt_str("response", self.response.as_deref());
         w.opt_str("error", self.error.as_deref());
-        w.null("trace_id");
+        match &self.trace {
+            Some(t) => w.str("trace_id", &crate::observe::trace::hex(&t.trace_id)),
+            None => w.null("trace_id"),
+        }
         w.u64("status", u64::from(self.status));
         w.bool("stream", self.stream);
         match self.ttft_ms {

@@ -112,6 +112,7 @@ fn end(core: &Core, ctx: &mut Ctx<'_>, run: &Run, body: &[u8]) {
         plugins::on_end(&run.active, &mut ctx.warnings);
     }
     super::metrics::record(core, ctx);
+    super::telemetry::finish(core, ctx);
     if crate::observe::feed::active() && super::metrics::is_chat_path(ctx.path) {
         // One serialization for the feed and the log line.
         let mut line = std::mem::take(&mut *core.line_scratch.borrow_mut());
@@ -308,6 +309,7 @@ async fn chat(
     client: Format,
 ) -> Result<Next, RouterError> {
     let snap = &core.snap;
+    ctx.trace = super::telemetry::begin(core, req);
     // parse: what routing needs, without touching the client's bytes.
     let parsed = parse::parse_client(client, req.body, &mut conn.json_scratch)?;
     // The log quotes client input bounded.
@@ -451,6 +453,8 @@ async fn chat(
                 ctx.set_provider(pidx);
                 ctx.attempt_outcomes
                     .push((None, "full", started.elapsed().as_millis() as u64));
+                let now = super::telemetry::now_ns();
+                ctx.attempt_spans.push(([0; 8], now, now));
                 match alt {
                     Some(alt) => {
                         next = alt;
@@ -481,6 +485,8 @@ async fn chat(
         let upstream = match provider.format {
             ProviderFormat::Mock => {
                 ctx.attempt_outcomes.push((Some(eidx), "ok", 0));
+                let now = super::telemetry::now_ns();
+                ctx.attempt_spans.push(([0; 8], now, now));
                 return answer_mock(core, conn, req, ctx, run, client, parsed).await;
             }
             ProviderFormat::OpenAi if client == Format::Responses && provider.responses => {
@@ -506,6 +512,14 @@ async fn chat(
         } else {
             None
         };
+        let attempt_start_ns = super::telemetry::now_ns();
+        let (span_id, traceparent) = match &ctx.trace {
+            Some(t) => {
+                let (id, tp) = super::telemetry::attempt(core, t);
+                (id, Some(tp))
+            }
+            None => ([0; 8], None),
+        };
         let plan = Plan {
             pidx,
             eidx,
@@ -513,6 +527,7 @@ async fn chat(
             upstream,
             passthrough: upstream == client,
             include_usage: parsed.include_usage,
+            traceparent,
         };
         let mut up_req = std::mem::take(&mut conn.up_req);
         let mut resp = std::mem::take(&mut conn.up_resp);
@@ -560,6 +575,8 @@ async fn chat(
         match (result, alternative) {
             (Err(e), Some(alt)) if e.failover => {
                 ctx.attempt_outcomes.push((Some(eidx), outcome_of(&e), ms));
+                ctx.attempt_spans
+                    .push((span_id, attempt_start_ns, super::telemetry::now_ns()));
                 core.budget_retries.set(core.budget_retries.get() + 1);
                 // The next attempt starts clean.
                 ctx.status = 0;
@@ -573,6 +590,8 @@ async fn chat(
                     Err(e) => outcome_of(e),
                 };
                 ctx.attempt_outcomes.push((Some(eidx), outcome, ms));
+                ctx.attempt_spans
+                    .push((span_id, attempt_start_ns, super::telemetry::now_ns()));
                 return result;
             }
         }
@@ -868,7 +887,8 @@ async fn upstream_call(
     if plan.passthrough {
         let mut text = String::new();
         if ok && plan.client == Format::OpenAiChat {
-            let (input, output, t) = crate::sse::chat_response_stats(body_bytes);
+            let (input, output, t, finish) = crate::sse::chat_response_summary(body_bytes);
+            ctx.finish_reason = finish;
             ctx.input_tokens = input;
             ctx.output_tokens = output;
             text = t;
@@ -876,6 +896,7 @@ async fn upstream_call(
             if let Ok(r) = translate::parse_response(plan.upstream, body_bytes) {
                 ctx.input_tokens = r.usage.map(|u| u.input_tokens);
                 ctx.output_tokens = r.usage.map(|u| u.output_tokens);
+                ctx.finish_reason = Some(r.finish.as_str().to_string());
                 text = translate::response_text(&r);
             }
         } else {
@@ -916,6 +937,7 @@ async fn upstream_call(
             }
             ctx.input_tokens = r.usage.map(|u| u.input_tokens);
             ctx.output_tokens = r.usage.map(|u| u.output_tokens);
+            ctx.finish_reason = Some(r.finish.as_str().to_string());
             text = translate::response_text(&r);
             classify_response(core, ctx, &text);
             translate::write_response(plan.client, &r, &mut translated);
@@ -1023,6 +1045,7 @@ async fn answer_mock(
     parsed: &Parsed,
 ) -> Result<Next, RouterError> {
     let p = &core.snap.config.providers[ctx.provider.unwrap_or(0)];
+    ctx.finish_reason = Some("stop".to_string());
     let prompt_bytes: usize = match (&parsed.chat, &parsed.canonical) {
         (Some(info), _) => info.texts().map(str::len).sum(),
         (None, Some(c)) => {

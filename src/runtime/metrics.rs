@@ -228,7 +228,28 @@ pub fn exposition(core: &Core) -> String {
             points: one(feed::DROPPED_EVENTS.load(std::sync::atomic::Ordering::Relaxed) as f64),
         },
     ];
-    render(&sampled)
+    let mut all: Vec<Sampled> = sampled.into_iter().collect();
+    if let Some(e) = super::telemetry::current() {
+        all.push(Sampled {
+            name: "router_telemetry_exported_spans_total",
+            kind: "counter",
+            help: "Spans the OTLP collector accepted.",
+            points: one(e.exported_spans() as f64),
+        });
+        all.push(Sampled {
+            name: "router_telemetry_dropped_spans_total",
+            kind: "counter",
+            help: "Spans dropped: queue full, or their batch failed to export.",
+            points: one(e.dropped_spans() as f64),
+        });
+        all.push(Sampled {
+            name: "router_telemetry_dropped_batches_total",
+            kind: "counter",
+            help: "OTLP export requests that failed (refused, timed out, non-2xx).",
+            points: one(e.dropped_batches() as f64),
+        });
+    }
+    render(&all)
 }
 
 /// Give the client connection to the feed's fan-out thread (a duplicate of

@@ -14,6 +14,7 @@ mod relay;
 mod request;
 mod respond;
 pub mod shutdown;
+pub mod telemetry;
 mod translate;
 mod watch;
 
@@ -60,6 +61,8 @@ pub struct Snapshot {
     /// Active health probes of this config's endpoints (stop when the
     /// snapshot is dropped).
     pub prober: Option<crate::upstream::probe::Prober>,
+    /// The OTLP exporter when `[telemetry] enabled` (shared across reloads).
+    pub exporter: Option<crate::observe::otlp::Exporter>,
 }
 
 /// One endpoint of a provider, as the workers see it.
@@ -182,6 +185,13 @@ impl Snapshot {
             .iter()
             .map(|_| std::sync::atomic::AtomicU32::new(0))
             .collect();
+        let exporter = match telemetry::exporter_for(&config.telemetry) {
+            Ok(e) => e,
+            Err(why) => {
+                warnings.push(why);
+                None
+            }
+        };
         let models = crate::route::known_models(&config.routers, &discovery);
         let mut models_body = Vec::with_capacity(64 + models.len() * 64);
         models_body.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
@@ -229,6 +239,7 @@ impl Snapshot {
                 tls,
                 generation: 0,
                 prober: crate::upstream::probe::start(probes),
+                exporter,
             },
             warnings,
         ))

@@ -62,6 +62,9 @@ pub struct Plan {
     /// `plugins` spliced; the provider's bytes come back unchanged.
     pub passthrough: bool,
     pub include_usage: bool,
+    /// W3C `traceparent` for this attempt (telemetry on): sent upstream
+    /// instead of the client's.
+    pub traceparent: Option<[u8; 55]>,
 }
 
 /// What routing needs from a request, whatever its format.
@@ -364,6 +367,9 @@ pub fn build_upstream_request(
         for (name, value) in req.head.headers_iter(req.buf) {
             if skip_request_header(name)
                 || (!conn_values.is_empty() && http::connection_listed(&conn_values, name))
+                || (plan.traceparent.is_some()
+                    && (name.eq_ignore_ascii_case(b"traceparent")
+                        || name.eq_ignore_ascii_case(b"tracestate")))
             {
                 continue;
             }
@@ -371,6 +377,9 @@ pub fn build_upstream_request(
         }
     } else if let Some(ua) = req.header("user-agent") {
         http::write_header(out, b"user-agent", ua);
+    }
+    if let Some(tp) = &plan.traceparent {
+        http::write_header(out, b"traceparent", tp);
     }
     // copy: the body is built aside, then follows the head so one write sends both.
     let mut spliced = Vec::new();

@@ -303,6 +303,7 @@ pub async fn relay_stream(
         StreamMode::Chat { stats, .. } => {
             ctx.input_tokens = stats.input_tokens;
             ctx.output_tokens = stats.output_tokens;
+            ctx.finish_reason = stats.finish_reason.take();
             if let Some(e) = &stats.error {
                 ctx.error = Some(e.clone());
             }
@@ -311,6 +312,7 @@ pub async fn relay_stream(
         StreamMode::Tap(t) | StreamMode::Translate(t) => {
             ctx.input_tokens = t.usage.map(|u| u.input_tokens);
             ctx.output_tokens = t.usage.map(|u| u.output_tokens);
+            ctx.finish_reason = t.finish.as_ref().map(|f| f.as_str().to_string());
             if let Some(e) = &t.error {
                 ctx.error = Some(e.clone());
             }

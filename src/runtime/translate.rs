@@ -182,6 +182,8 @@ pub struct StreamTranslator {
     pub ended: bool,
     /// The provider reported an error mid-stream.
     pub error: Option<String>,
+    /// The provider's finish reason, once seen.
+    pub finish: Option<crate::formats::FinishReason>,
     started: bool,
 }
 
@@ -205,6 +207,7 @@ impl StreamTranslator {
             usage: None,
             ended: false,
             error: None,
+            finish: None,
             started: false,
         }
     }
@@ -283,6 +286,7 @@ impl StreamTranslator {
             StreamEvent::Start { .. } => self.started = true,
             StreamEvent::TextDelta(t) => self.text.push_str(t),
             StreamEvent::Usage(u) => self.usage = Some(*u),
+            StreamEvent::Finish(f) => self.finish = Some(f.clone()),
             StreamEvent::End => self.ended = true,
             StreamEvent::Error(e) => self.error = Some(e.message.clone()),
             _ => {}

@@ -23,5 +23,7 @@
 mod openai;
 mod parser;
 
-pub use openai::{ChatStreamStats, chat_response_stats, write_openai_stream_error};
+pub use openai::{
+    ChatStreamStats, chat_response_stats, chat_response_summary, write_openai_stream_error,
+};
 pub use parser::{SseError, SseEvent, SseParser};

@@ -72,9 +72,20 @@ impl ChatStreamStats {
 /// the text being every choice's `message.content`, concatenated. A body that
 /// is not a chat completion gives `(None, None, "")`.
 pub fn chat_response_stats(body: &[u8]) -> (Option<u64>, Option<u64>, String) {
+    let (i, o, t, _) = chat_response_summary(body);
+    (i, o, t)
+}
+
+/// [`chat_response_stats`] and the reply's `finish_reason`.
+pub fn chat_response_summary(body: &[u8]) -> (Option<u64>, Option<u64>, String, Option<String>) {
     match read_chunk(body.trim_ascii_start()) {
-        Ok(c) => (c.prompt_tokens, c.completion_tokens, c.content.into_owned()),
-        Err(_) => (None, None, String::new()),
+        Ok(c) => (
+            c.prompt_tokens,
+            c.completion_tokens,
+            c.content.into_owned(),
+            c.finish_reason.map(|f| f.into_owned()),
+        ),
+        Err(_) => (None, None, String::new(), None),
     }
 }
 
