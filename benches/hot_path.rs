@@ -968,6 +968,38 @@ fn bench_balance(c: &mut Criterion) {
     g.finish();
 }
 
+/// `metrics`: what one finished chat request costs the worker in `/metrics`
+/// bookkeeping — the series lookups (worker-local map) and their updates.
+fn bench_metrics(c: &mut Criterion) {
+    use opensourcellmrouter::observe::metrics::{LocalMetrics, Metric};
+    let m = LocalMetrics::new();
+    let mut g = c.benchmark_group("metrics");
+    g.bench_function("request_counter", |b| {
+        b.iter(|| {
+            m.series(
+                Metric::Requests,
+                &[
+                    ("provider", "local"),
+                    ("model", black_box("llama-3.1-8b-instruct")),
+                    ("client_format", "openai"),
+                    ("status", "200"),
+                ],
+            )
+            .add(1)
+        })
+    });
+    g.bench_function("histogram_observe", |b| {
+        b.iter(|| {
+            m.series(
+                Metric::OperationDuration,
+                &[("gen_ai_operation_name", "chat"), ("provider", "local")],
+            )
+            .observe(black_box(0.42))
+        })
+    });
+    g.finish();
+}
+
 /// 1 s warm-up, 2 s measurement. Plots are off (with the plotters backend they cost ~4 s
 /// per benchmark here, more than the measurement); `HOT_PATH_PLOTS=1` turns them on for
 /// the HTML report in `target/criterion/report/`.
@@ -985,6 +1017,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_path;
     config = config();
-    targets = bench_head, bench_json, bench_classify, bench_route, bench_sse, bench_pool, bench_balance
+    targets = bench_head, bench_json, bench_classify, bench_route, bench_sse, bench_pool, bench_balance, bench_metrics
 }
 criterion_main!(hot_path);
