@@ -10,12 +10,15 @@
 //! - [`route`]: the rule chain and provider selection.
 //! - [`sse`]: incremental SSE scanning of relayed streams (usage, text).
 //! - [`upstream`]: per-core upstream connection pools and the provider call.
-//! - [`observe`]: the JSONL log writer thread.
+//! - [`observe`]: the JSONL log writer thread, `/metrics` series, the
+//!   dashboard feed's fan-out thread, OTLP export and W3C trace context.
+//! - [`cli`]: the `watch` and `tui` clients of a running router's feed.
 //! - [`runtime`]: workers (one monoio runtime per core), per-core state, the
 //!   connection loop and the request pipeline.
 //! - [`mock`]: the built-in `mock` provider (docs/providers.md, "mock").
 
 pub mod classify;
+pub mod cli;
 pub mod config;
 pub mod diag;
 pub mod error;

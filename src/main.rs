@@ -16,13 +16,16 @@ USAGE:
     opensourcellmrouter [CONFIG]          serve (CONFIG defaults to ./config.toml;
                                           without it the embedded default config is used)
     opensourcellmrouter check CONFIG      validate CONFIG, print providers and the rule chain
-    opensourcellmrouter watch [URL]       follow a running router's dashboard feed
-    opensourcellmrouter tui [URL]         terminal UI on a running router
+    opensourcellmrouter watch [URL]       print each request on a running router's live feed
+                                          (URL defaults to http://localhost:8090)
+    opensourcellmrouter tui [URL] [--model M]
+                                          terminal UI on a running router: feed, stats, chat
     opensourcellmrouter --help | --version
 
 ENVIRONMENT:
     RUST_LOG                      error | warn | info (default) | debug
     OPENSOURCELLMROUTER_DRIVER    set to `legacy` to force the epoll driver
+    OPENSOURCELLMROUTER_API_KEY   the API key `watch` and `tui` send (Authorization: Bearer)
 ";
 
 /// Keep idle memory small: mimalloc asks for transparent huge pages on its
@@ -78,10 +81,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("check") => check(args.get(1).map(String::as_str)),
-        Some("watch") | Some("tui") => {
-            eprintln!("error: `{}` is not available in this build yet", args[0]);
-            ExitCode::from(2)
-        }
+        Some("watch") => opensourcellmrouter::cli::watch_main(&args[1..]),
+        Some("tui") => opensourcellmrouter::cli::tui_main(&args[1..]),
         Some(flag) if flag.starts_with('-') => {
             eprintln!("error: unknown option `{flag}`\n\n{HELP}");
             ExitCode::from(2)
