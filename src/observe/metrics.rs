@@ -169,6 +169,16 @@ impl Series {
     }
 }
 
+/// The series one provider's chat requests update (see [`LocalMetrics::provider`]).
+pub struct ProviderSeries {
+    pub duration: Arc<Series>,
+    pub ttft: Arc<Series>,
+    pub first_byte: Arc<Series>,
+    pub input_tokens: Arc<Series>,
+    pub output_tokens: Arc<Series>,
+    pub overhead: Arc<Series>,
+}
+
 /// What one worker exposes to the scraper.
 #[derive(Default)]
 pub struct WorkerMetrics {
@@ -186,6 +196,11 @@ const MAX_SERIES: usize = 4096;
 /// A worker's metrics: its series map (this thread only) and what it
 /// shares with the scraper. Kept across reloads.
 pub struct LocalMetrics {
+    /// Per provider name: the series every chat request of it updates.
+    providers: RefCell<Vec<(String, std::rc::Rc<ProviderSeries>)>>,
+    /// The series of the last request's label set for `router_requests_total`
+    /// (most requests repeat it): its label values and the series.
+    last_request: RefCell<Option<(Vec<String>, Arc<Series>)>>,
     shared: Arc<WorkerMetrics>,
     /// Per metric (index = `Metric as usize`): label values → series.
     map: RefCell<Vec<HashMap<String, Arc<Series>>>>,
@@ -201,6 +216,8 @@ impl LocalMetrics {
             w.push(shared.clone());
         }
         LocalMetrics {
+            providers: RefCell::new(Vec::new()),
+            last_request: RefCell::new(None),
             shared,
             map: RefCell::new(Metric::ALL.iter().map(|_| HashMap::new()).collect()),
             key: RefCell::new(String::with_capacity(128)),
@@ -256,6 +273,56 @@ impl LocalMetrics {
         if let Ok(mut list) = self.shared.series.lock() {
             list.push(s.clone());
         }
+        s
+    }
+
+    /// The series a chat request of `provider` updates, found once per
+    /// provider (a short list scanned by name, not a map lookup each).
+    pub fn provider(&self, provider: &str) -> std::rc::Rc<ProviderSeries> {
+        if let Some((_, p)) = self.providers.borrow().iter().find(|(n, _)| n == provider) {
+            return p.clone();
+        }
+        let p = [("provider", provider)];
+        let ps = std::rc::Rc::new(ProviderSeries {
+            duration: self.series(
+                Metric::OperationDuration,
+                &[("gen_ai_operation_name", "chat"), ("provider", provider)],
+            ),
+            ttft: self.series(Metric::TimeToFirstToken, &p),
+            first_byte: self.series(Metric::UpstreamFirstByte, &p),
+            input_tokens: self.series(
+                Metric::TokenUsage,
+                &[("provider", provider), ("gen_ai_token_type", "input")],
+            ),
+            output_tokens: self.series(
+                Metric::TokenUsage,
+                &[("provider", provider), ("gen_ai_token_type", "output")],
+            ),
+            overhead: self.series(Metric::Overhead, &[]),
+        });
+        let mut list = self.providers.borrow_mut();
+        // Bounded like the series: provider names come from the config.
+        if list.len() < 1024 {
+            list.push((provider.to_string(), ps.clone()));
+        }
+        ps
+    }
+
+    /// `series`, with a one-entry cache in front (the same label values as
+    /// the previous call skip the map).
+    pub fn series_cached(&self, metric: Metric, labels: &[(&'static str, &str)]) -> Arc<Series> {
+        if let Some((values, s)) = self.last_request.borrow().as_ref()
+            && s.metric == metric
+            && values.len() == labels.len()
+            && values.iter().zip(labels).all(|(a, (_, b))| a == b)
+        {
+            return s.clone();
+        }
+        let s = self.series(metric, labels);
+        *self.last_request.borrow_mut() = Some((
+            labels.iter().map(|(_, v)| v.to_string()).collect(),
+            s.clone(),
+        ));
         s
     }
 

@@ -99,6 +99,16 @@ impl<'a> Ctx<'a> {
             .filter_map(move |i| names.get(i).map(String::as_str))
     }
 
+    /// Record the span of the attempt that just ended (traced requests
+    /// only; `start_ns` 0 = now).
+    pub fn span_mark(&mut self, span_id: [u8; 8], start_ns: u64) {
+        if self.trace.is_some() {
+            let now = super::telemetry::now_ns();
+            let start = if start_ns == 0 { now } else { start_ns };
+            self.attempt_spans.push((span_id, start, now));
+        }
+    }
+
     pub fn set_provider(&mut self, idx: usize) {
         self.provider = Some(idx);
         self.attempts.push(idx);

@@ -453,8 +453,7 @@ async fn chat(
                 ctx.set_provider(pidx);
                 ctx.attempt_outcomes
                     .push((None, "full", started.elapsed().as_millis() as u64));
-                let now = super::telemetry::now_ns();
-                ctx.attempt_spans.push(([0; 8], now, now));
+                ctx.span_mark([0; 8], 0);
                 match alt {
                     Some(alt) => {
                         next = alt;
@@ -485,8 +484,7 @@ async fn chat(
         let upstream = match provider.format {
             ProviderFormat::Mock => {
                 ctx.attempt_outcomes.push((Some(eidx), "ok", 0));
-                let now = super::telemetry::now_ns();
-                ctx.attempt_spans.push(([0; 8], now, now));
+                ctx.span_mark([0; 8], 0);
                 return answer_mock(core, conn, req, ctx, run, client, parsed).await;
             }
             ProviderFormat::OpenAi if client == Format::Responses && provider.responses => {
@@ -512,7 +510,11 @@ async fn chat(
         } else {
             None
         };
-        let attempt_start_ns = super::telemetry::now_ns();
+        let attempt_start_ns = if ctx.trace.is_some() {
+            super::telemetry::now_ns()
+        } else {
+            0
+        };
         let (span_id, traceparent) = match &ctx.trace {
             Some(t) => {
                 let (id, tp) = super::telemetry::attempt(core, t);
@@ -575,8 +577,7 @@ async fn chat(
         match (result, alternative) {
             (Err(e), Some(alt)) if e.failover => {
                 ctx.attempt_outcomes.push((Some(eidx), outcome_of(&e), ms));
-                ctx.attempt_spans
-                    .push((span_id, attempt_start_ns, super::telemetry::now_ns()));
+                ctx.span_mark(span_id, attempt_start_ns);
                 core.budget_retries.set(core.budget_retries.get() + 1);
                 // The next attempt starts clean.
                 ctx.status = 0;
@@ -590,8 +591,7 @@ async fn chat(
                     Err(e) => outcome_of(e),
                 };
                 ctx.attempt_outcomes.push((Some(eidx), outcome, ms));
-                ctx.attempt_spans
-                    .push((span_id, attempt_start_ns, super::telemetry::now_ns()));
+                ctx.span_mark(span_id, attempt_start_ns);
                 return result;
             }
         }

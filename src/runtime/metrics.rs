@@ -36,44 +36,34 @@ pub fn record(core: &Core, ctx: &Ctx<'_>) {
         .or(ctx.requested_model.as_deref())
         .unwrap_or("");
     let model = crate::error::bounded(model, 128);
-    let mut status = itoa(ctx.status);
-    if ctx.status == 0 {
-        status = "0".into();
-    }
-    m.series(
+    let mut sbuf = [0u8; 5];
+    let status = status_text(ctx.status, &mut sbuf);
+    m.series_cached(
         Metric::Requests,
         &[
             ("provider", provider),
             ("model", &model),
             ("client_format", client_format(ctx.path)),
-            ("status", &status),
+            ("status", status),
         ],
     )
     .add(1);
     if !is_chat_path(ctx.path) {
         return;
     }
-    let p = [("provider", provider)];
-    m.series(
-        Metric::OperationDuration,
-        &[("gen_ai_operation_name", "chat"), ("provider", provider)],
-    )
-    .observe(ctx.t0.elapsed().as_secs_f64());
-    m.series(Metric::Overhead, &[])
-        .observe(ctx.overhead_us as f64 / 1e6);
+    let ps = m.provider(provider);
+    ps.duration.observe(ctx.t0.elapsed().as_secs_f64());
+    ps.overhead.observe(ctx.overhead_us as f64 / 1e6);
     if let Some(ttft) = ctx.ttft_ms {
-        m.series(Metric::TimeToFirstToken, &p).observe(ttft / 1e3);
+        ps.ttft.observe(ttft / 1e3);
         let first_byte = (ttft * 1e3 - ctx.overhead_us as f64).max(0.0) / 1e6;
-        m.series(Metric::UpstreamFirstByte, &p).observe(first_byte);
+        ps.first_byte.observe(first_byte);
     }
-    for (kind, n) in [("input", ctx.input_tokens), ("output", ctx.output_tokens)] {
-        if let Some(n) = n {
-            m.series(
-                Metric::TokenUsage,
-                &[("provider", provider), ("gen_ai_token_type", kind)],
-            )
-            .observe(n as f64);
-        }
+    if let Some(n) = ctx.input_tokens {
+        ps.input_tokens.observe(n as f64);
+    }
+    if let Some(n) = ctx.output_tokens {
+        ps.output_tokens.observe(n as f64);
     }
     for (&pidx, (ep, outcome, _)) in ctx.attempts.iter().zip(&ctx.attempt_outcomes) {
         let name = ctx.provider_name_at(pidx).unwrap_or("none");
@@ -107,13 +97,24 @@ pub fn record(core: &Core, ctx: &Ctx<'_>) {
         .add(1);
     }
     if ctx.attempts.len() > 1 {
-        m.series(Metric::Failovers, &p)
+        m.series(Metric::Failovers, &[("provider", provider)])
             .add(ctx.attempts.len() as u64 - 1);
     }
 }
 
-fn itoa(n: u16) -> String {
-    n.to_string()
+/// `n` in decimal, written into `buf` (no allocation per request).
+fn status_text(n: u16, buf: &mut [u8; 5]) -> &str {
+    let mut i = buf.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// `GET /metrics`: every worker's counters and histograms, then the state
