@@ -25,6 +25,7 @@ USAGE:
 ENVIRONMENT:
     RUST_LOG                      error | warn | info (default) | debug
     OPENSOURCELLMROUTER_DRIVER    set to `legacy` to force the epoll driver
+    OPENSOURCELLMROUTER_URING_FLAGS  set to `0` for a plain io_uring (no COOP_TASKRUN/SINGLE_ISSUER)
     OPENSOURCELLMROUTER_API_KEY   the API key `watch` and `tui` send (Authorization: Bearer)
 ";
 

@@ -573,11 +573,27 @@ fn run_worker(
     wake: std::os::unix::net::UnixStream,
 ) {
     let result = match driver {
-        DriverKind::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(4096)
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(worker_main(worker, snap, addr, ready.clone(), wake))),
+        DriverKind::IoUring => {
+            // One thread submits to and reaps each ring: cooperative task
+            // running (completions are processed at the worker's next ring
+            // entry instead of interrupting it) and single issuer. A kernel
+            // without them (< 6.0) refuses the flags: then the plain ring.
+            let build = |flags: bool| {
+                let mut urb = io_uring::IoUring::builder();
+                if flags {
+                    urb.setup_coop_taskrun().setup_single_issuer();
+                }
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(4096)
+                    .uring_builder(urb)
+                    .enable_timer()
+                    .build()
+            };
+            let flags = !std::env::var("OPENSOURCELLMROUTER_URING_FLAGS").is_ok_and(|v| v == "0");
+            build(flags)
+                .or_else(|_| build(false))
+                .map(|mut rt| rt.block_on(worker_main(worker, snap, addr, ready.clone(), wake)))
+        }
         DriverKind::Legacy => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
