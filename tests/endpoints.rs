@@ -407,3 +407,20 @@ fn g5_a_port_in_use_is_a_clear_error_and_a_non_zero_exit() {
     drop(taken);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_plain_ring_without_setup_flags_serves_too() {
+    let router = Router::start_with_env(
+        "plain-ring",
+        &mock_config(""),
+        &[("OPENSOURCELLMROUTER_URING_FLAGS", "0")],
+    );
+    let resp = post(
+        &router,
+        "/v1/chat/completions",
+        r#"{"model":"mock","stream":true,"messages":[]}"#,
+        &[],
+    );
+    assert_eq!(resp.status, 200);
+    assert!(resp.text().ends_with("data: [DONE]\n\n"));
+}
