@@ -762,6 +762,10 @@ fn bench_classify(c: &mut Criterion) {
         let tags = keyword_tags(keywords);
         assert_eq!(tags.iter().map(|(_, k)| k.len()).sum::<usize>(), keywords);
         let automaton = KeywordClassifier::new(&tags).expect("automaton");
+        eprintln!(
+            "classify: {keywords} keywords, automaton {} KiB",
+            automaton.memory_usage() / 1024
+        );
         let naive = NaiveClassifier::new(&tags);
         for (size_name, len) in [("1KB", 1024), ("1MB", 1 << 20)] {
             let text = prompt_text(len, &hits, &avoid);

@@ -100,6 +100,11 @@ impl KeywordClassifier {
         })
     }
 
+    /// Heap bytes the automaton uses (benches report it).
+    pub fn memory_usage(&self) -> usize {
+        self.automaton.as_ref().map_or(0, AhoCorasick::memory_usage)
+    }
+
     /// Tag names in config order; a [`TagSet`] index is a position here.
     pub fn tag_names(&self) -> &[String] {
         &self.tags
