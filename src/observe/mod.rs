@@ -1,9 +1,10 @@
 //! Observability: the JSONL request log (docs/architecture.md, "The log line").
 //!
 //! Workers serialize each finished request into a line on their own core,
-//! appended to the core's batch buffer ([`CoreLog`]). A per-core flusher task
-//! hands the batch to the log thread a couple of milliseconds later (or at
-//! once when it is large), through a bounded queue with `try_send`: a full
+//! appended to the core's batch buffer ([`CoreLog`]). The batch is handed to
+//! the log thread by the request that finds it 2 ms old (or large) — no timer
+//! wakes a busy worker — and by a per-core flusher task after 20 ms when no
+//! request comes; through a bounded queue with `try_send`: a full
 //! queue drops the batch and counts its lines, a worker never waits for the
 //! disk, and the log thread wakes once per batch rather than once per request.
 //! The log thread writes batches and flushes when the queue runs dry.
@@ -134,8 +135,12 @@ fn count_lines(b: &[u8]) -> u64 {
     b.iter().filter(|&&c| c == b'\n').count() as u64
 }
 
-/// How long a core keeps lines before handing them to the log thread.
+/// How long a core keeps lines before handing them to the log thread when
+/// requests keep coming (the hand-over rides on a request's end).
 const BATCH_DELAY: Duration = Duration::from_millis(2);
+/// When no request comes to carry the batch, the flusher task hands it over
+/// after this long: a timer wake-up only for a core that went quiet.
+const IDLE_FLUSH: Duration = Duration::from_millis(20);
 /// A batch this large is handed over at once.
 const BATCH_BYTES: usize = 64 * 1024;
 
@@ -145,6 +150,8 @@ pub struct CoreLog {
     buf: RefCell<Vec<u8>>,
     pending: Cell<bool>,
     waker: Cell<Option<Waker>>,
+    /// When the batch was last handed over.
+    last: Cell<std::time::Instant>,
 }
 
 impl CoreLog {
@@ -154,16 +161,21 @@ impl CoreLog {
             buf: RefCell::new(Vec::with_capacity(BATCH_BYTES)),
             pending: Cell::new(false),
             waker: Cell::new(None),
+            last: Cell::new(std::time::Instant::now()),
         }
     }
 
-    /// Append one line, written by `f` into the batch buffer.
+    /// Append one line, written by `f` into the batch buffer. The batch is
+    /// handed over here when it is large or `BATCH_DELAY` old — so under
+    /// load no timer wakes the worker for the log.
     pub fn append(&self, f: impl FnOnce(&mut Vec<u8>)) {
         let mut buf = self.buf.borrow_mut();
         f(&mut buf);
-        if buf.len() >= BATCH_BYTES {
+        let now = std::time::Instant::now();
+        if buf.len() >= BATCH_BYTES || now.duration_since(self.last.get()) >= BATCH_DELAY {
             let batch = std::mem::replace(&mut *buf, Vec::with_capacity(BATCH_BYTES));
             drop(buf);
+            self.last.set(now);
             self.sender.send(batch);
         } else if !self.pending.replace(true)
             && let Some(w) = self.waker.take()
@@ -180,12 +192,13 @@ impl CoreLog {
         }
     }
 
-    /// The core's flusher task: waits for a first line, lets a batch gather
-    /// for `BATCH_DELAY`, hands it over. Runs for the worker's lifetime.
+    /// The core's flusher task: once lines wait, gives requests
+    /// `IDLE_FLUSH` to carry them over, then hands over what is left. Runs
+    /// for the worker's lifetime.
     pub async fn run_flusher(self: std::rc::Rc<Self>) {
         loop {
             Pending(&self).await;
-            monoio::time::sleep(BATCH_DELAY).await;
+            monoio::time::sleep(IDLE_FLUSH).await;
             self.pending.set(false);
             let batch = {
                 let mut buf = self.buf.borrow_mut();
@@ -194,6 +207,7 @@ impl CoreLog {
                 }
                 std::mem::replace(&mut *buf, Vec::with_capacity(BATCH_BYTES))
             };
+            self.last.set(std::time::Instant::now());
             self.sender.send(batch);
         }
     }

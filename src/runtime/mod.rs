@@ -326,6 +326,10 @@ impl Worker {
             let snap = PUBLISHED.lock().ok().and_then(|s| s.clone());
             if let Some(snap) = snap {
                 let old = self.current.borrow().clone();
+                // Lines of the old config go out before the new config's.
+                if let Some(log) = &old.log {
+                    log.flush_now();
+                }
                 let (old_metrics, old_feed) = {
                     let cur = self.current.borrow();
                     (cur.metrics.clone(), cur.feed.clone())
