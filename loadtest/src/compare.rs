@@ -631,6 +631,9 @@ struct Run {
     /// CPU time of the target process tree in the measured window / requests
     /// completed in it.
     cpu_us_per_req: Option<f64>,
+    /// Context switches of every thread of the target's process tree in the
+    /// window / requests completed in it (stable on a noisy VM).
+    ctx_switches_per_req: Option<f64>,
     /// Target − direct at the same point (µs); absent for `direct`.
     added_p50_us: Option<i64>,
     added_p99_us: Option<i64>,
@@ -871,11 +874,14 @@ fn run(
                     spin: None,
                 };
                 let (report, m) = measure(&cfg, t.pid)?;
+                let ctx_switches_per_req = (report.ok > 0).then(|| {
+                    (m.target_ctx_switches as f64 / report.ok as f64 * 100.0).round() / 100.0
+                });
                 let cpu_us_per_req = (report.ok > 0).then(|| {
                     (m.target_cpu_ns as f64 / 1e3 / report.ok as f64 * 100.0).round() / 100.0
                 });
                 progress(&format!(
-                    "{:<6} {:<11} {:<8} {:>9.1} req/s  p50 {:>6} µs  p99 {:>6} µs  cpu {:>6} µs/req  errors {}  (others used {:.0}% CPU)",
+                    "{:<6} {:<11} {:<8} {:>9.1} req/s  p50 {:>6} µs  p99 {:>6} µs  cpu {:>6} µs/req  ctxsw {:>5}/req  errors {}  (others used {:.0}% CPU)",
                     if stream { "stream" } else { "plain" },
                     p.label,
                     t.name,
@@ -883,6 +889,7 @@ fn run(
                     report.latency_us.p50,
                     report.latency_us.p99,
                     cpu_us_per_req.map_or("-".into(), |c| format!("{c:.1}")),
+                    ctx_switches_per_req.map_or("-".into(), |c| format!("{c:.2}")),
                     report.errors_total,
                     m.others_cpu_pct
                 ));
@@ -892,6 +899,7 @@ fn run(
                     point: p.label.clone(),
                     report,
                     cpu_us_per_req,
+                    ctx_switches_per_req,
                     added_p50_us: None,
                     added_p99_us: None,
                     added_ttfb_p99_us: None,
@@ -973,6 +981,8 @@ fn fmt_cpu(c: Option<usize>) -> String {
 pub(crate) struct Measured {
     /// CPU time of the target's process tree in the window.
     pub(crate) target_cpu_ns: u64,
+    /// Context switches of every thread of the target's process tree.
+    target_ctx_switches: u64,
     /// CPU time of every process on the machine that is not ours (other
     /// users' builds…) in the window, in % of one CPU.
     others_cpu_pct: f64,
@@ -986,16 +996,18 @@ pub(crate) fn measure(cfg: &LoadConfig, pid: u32) -> Result<(Report, Measured), 
     let me = std::process::id();
     let sampler = std::thread::spawn(move || {
         sleep_until(window_start);
-        let (a, ma, oa) = (
+        let (a, ma, oa, ca) = (
             procfs::tree_cpu_ns(pid),
             procfs::machine_busy_ns(),
             procfs::tree_cpu_ns(me),
+            procfs::tree_ctx_switches(pid),
         );
         sleep_until(window_end);
-        let (b, mb, ob) = (
+        let (b, mb, ob, cb) = (
             procfs::tree_cpu_ns(pid),
             procfs::machine_busy_ns(),
             procfs::tree_cpu_ns(me),
+            procfs::tree_ctx_switches(pid),
         );
         let window = window_end
             .saturating_duration_since(window_start)
@@ -1004,6 +1016,7 @@ pub(crate) fn measure(cfg: &LoadConfig, pid: u32) -> Result<(Report, Measured), 
         let others = mb.saturating_sub(ma).saturating_sub(ob.saturating_sub(oa));
         Measured {
             target_cpu_ns: b.saturating_sub(a),
+            target_ctx_switches: cb.saturating_sub(ca),
             others_cpu_pct: (others as f64 / window * 1000.0).round() / 10.0,
         }
     });
@@ -1193,7 +1206,7 @@ fn render(out: &Output, points: &[Point]) -> String {
         );
         if stream {
             s += &format!(
-                "{:<12} {:<9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}  {}\n",
+                "{:<12} {:<9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9}  {}\n",
                 "point",
                 "target",
                 "req/s",
@@ -1207,11 +1220,12 @@ fn render(out: &Output, points: &[Point]) -> String {
                 "+P99",
                 "+TTFB99",
                 "CPU/req",
+                "ctxsw/req",
                 "errors"
             );
         } else {
             s += &format!(
-                "{:<12} {:<9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>8}  {}\n",
+                "{:<12} {:<9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>8} {:>9}  {}\n",
                 "point",
                 "target",
                 "req/s",
@@ -1223,6 +1237,7 @@ fn render(out: &Output, points: &[Point]) -> String {
                 "+P50",
                 "+P99",
                 "CPU/req",
+                "ctxsw/req",
                 "errors"
             );
         }
@@ -1237,6 +1252,9 @@ fn render(out: &Output, points: &[Point]) -> String {
                 let cpu = r
                     .cpu_us_per_req
                     .map_or("-".to_string(), |c| format!("{c:.1}"));
+                let csw = r
+                    .ctx_switches_per_req
+                    .map_or("-".to_string(), |c| format!("{c:.2}"));
                 let errs = if r.report.errors_total == 0 {
                     "0".to_string()
                 } else {
@@ -1251,7 +1269,7 @@ fn render(out: &Output, points: &[Point]) -> String {
                 if stream {
                     let t = r.report.ttfb_us.clone().unwrap_or_default();
                     s += &format!(
-                        "{:<12} {:<9} {:>9.0} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}  {}\n",
+                        "{:<12} {:<9} {:>9.0} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9}  {}\n",
                         r.point,
                         r.target,
                         r.report.achieved_rps,
@@ -1265,11 +1283,12 @@ fn render(out: &Output, points: &[Point]) -> String {
                         add(r.added_p99_us),
                         add(r.added_ttfb_p99_us),
                         cpu,
+                        csw,
                         errs
                     );
                 } else {
                     s += &format!(
-                        "{:<12} {:<9} {:>9.0} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>8}  {}\n",
+                        "{:<12} {:<9} {:>9.0} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>8} {:>9}  {}\n",
                         r.point,
                         r.target,
                         r.report.achieved_rps,
@@ -1281,6 +1300,7 @@ fn render(out: &Output, points: &[Point]) -> String {
                         add(r.added_p50_us),
                         add(r.added_p99_us),
                         cpu,
+                        csw,
                         errs
                     );
                 }

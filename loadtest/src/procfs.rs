@@ -103,6 +103,31 @@ pub fn machine_busy_ns() -> u64 {
     ticks * (1_000_000_000 / hz)
 }
 
+/// Context switches (voluntary and not) of every thread of one process.
+pub fn ctx_switches(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Context switches of every thread of a process tree.
+pub fn tree_ctx_switches(pid: u32) -> u64 {
+    tree(pid).into_iter().map(ctx_switches).sum()
+}
+
 /// VmRSS of one process, in kB.
 pub fn rss_kb(pid: u32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -127,5 +152,7 @@ mod tests {
         assert!(cpu_ns(me).is_some());
         assert!(rss_kb(me).unwrap() > 0);
         assert!(tree(me).contains(&me));
+        std::thread::yield_now();
+        assert!(ctx_switches(me) > 0);
     }
 }
