@@ -77,8 +77,7 @@ const BATCH_BYTES: usize = 64 * 1024;
 #[derive(Default)]
 pub struct CoreFeed {
     buf: std::cell::RefCell<Vec<u8>>,
-    pending: std::cell::Cell<bool>,
-    waker: std::cell::Cell<Option<std::task::Waker>>,
+    signal: super::BatchSignal,
 }
 
 impl CoreFeed {
@@ -93,10 +92,8 @@ impl CoreFeed {
             let batch = std::mem::take(&mut *buf);
             drop(buf);
             publish(batch);
-        } else if !self.pending.replace(true)
-            && let Some(w) = self.waker.take()
-        {
-            w.wake();
+        } else {
+            self.signal.raise();
         }
     }
 
@@ -104,30 +101,13 @@ impl CoreFeed {
     /// gather for `BATCH_DELAY`, hands it over.
     pub async fn run_flusher(self: std::rc::Rc<Self>) {
         loop {
-            PendingEvents(&self).await;
+            self.signal.raised().await;
             monoio::time::sleep(BATCH_DELAY).await;
-            self.pending.set(false);
+            self.signal.lower();
             let batch = std::mem::take(&mut *self.buf.borrow_mut());
             if !batch.is_empty() {
                 publish(batch);
             }
-        }
-    }
-}
-
-struct PendingEvents<'a>(&'a CoreFeed);
-
-impl std::future::Future for PendingEvents<'_> {
-    type Output = ();
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.0.pending.get() {
-            std::task::Poll::Ready(())
-        } else {
-            self.0.waker.set(Some(cx.waker().clone()));
-            std::task::Poll::Pending
         }
     }
 }

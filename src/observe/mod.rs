@@ -148,8 +148,7 @@ const BATCH_BYTES: usize = 64 * 1024;
 pub struct CoreLog {
     sender: LogSender,
     buf: RefCell<Vec<u8>>,
-    pending: Cell<bool>,
-    waker: Cell<Option<Waker>>,
+    signal: BatchSignal,
     /// When the batch was last handed over.
     last: Cell<std::time::Instant>,
 }
@@ -159,8 +158,7 @@ impl CoreLog {
         CoreLog {
             sender,
             buf: RefCell::new(Vec::with_capacity(BATCH_BYTES)),
-            pending: Cell::new(false),
-            waker: Cell::new(None),
+            signal: BatchSignal::default(),
             last: Cell::new(std::time::Instant::now()),
         }
     }
@@ -177,10 +175,8 @@ impl CoreLog {
             drop(buf);
             self.last.set(now);
             self.sender.send(batch);
-        } else if !self.pending.replace(true)
-            && let Some(w) = self.waker.take()
-        {
-            w.wake();
+        } else {
+            self.signal.raise();
         }
     }
 
@@ -197,9 +193,9 @@ impl CoreLog {
     /// for the worker's lifetime.
     pub async fn run_flusher(self: std::rc::Rc<Self>) {
         loop {
-            Pending(&self).await;
+            self.signal.raised().await;
             monoio::time::sleep(IDLE_FLUSH).await;
-            self.pending.set(false);
+            self.signal.lower();
             let batch = {
                 let mut buf = self.buf.borrow_mut();
                 if buf.is_empty() {
@@ -213,10 +209,38 @@ impl CoreLog {
     }
 }
 
-/// Resolves once a line is pending.
-struct Pending<'a>(&'a CoreLog);
+/// What a worker's flusher task (log, feed) sleeps on: raised by the first
+/// item of a batch, lowered when the flusher takes the batch.
+#[derive(Default)]
+pub struct BatchSignal {
+    pending: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
 
-impl Future for Pending<'_> {
+impl BatchSignal {
+    /// Something waits: wake the flusher if it sleeps.
+    pub fn raise(&self) {
+        if !self.pending.replace(true)
+            && let Some(w) = self.waker.take()
+        {
+            w.wake();
+        }
+    }
+
+    pub fn lower(&self) {
+        self.pending.set(false);
+    }
+
+    /// Resolves once raised.
+    pub fn raised(&self) -> Raised<'_> {
+        Raised(self)
+    }
+}
+
+/// See [`BatchSignal::raised`].
+pub struct Raised<'a>(&'a BatchSignal);
+
+impl Future for Raised<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.0.pending.get() {
