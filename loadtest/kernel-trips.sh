@@ -4,7 +4,8 @@
 # (stable on a noisy VM, unlike latency). Each build given runs in turn
 # against the same mock, with the same config, at the same rate.
 #
-# Usage: loadtest/kernel-trips.sh [--rate 1000] [--duration 5] [--stream] ROUTER_BIN...
+# Usage: loadtest/kernel-trips.sh [--rate 1000] [--duration 5] [--stream] [--interval-ms 0] ROUTER_BIN...
+# (--interval-ms spaces the mock's 20 stream events: one upstream read per event, as with a real model)
 # Needs: perf (Debian: linux-perf), a release build of `loadtest`.
 set -euo pipefail
 
@@ -12,16 +13,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RATE=1000
 DURATION=5
 STREAM=()
+INTERVAL=0
 BINS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --rate) RATE="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --stream) STREAM=(--stream); shift ;;
+        --interval-ms) INTERVAL="$2"; shift 2 ;;
         *) BINS+=("$1"); shift ;;
     esac
 done
-[ ${#BINS[@]} -gt 0 ] || { echo "usage: $0 [--rate R] [--duration S] [--stream] ROUTER_BIN..." >&2; exit 2; }
+[ ${#BINS[@]} -gt 0 ] || { echo "usage: $0 [--rate R] [--duration S] [--stream] [--interval-ms I] ROUTER_BIN..." >&2; exit 2; }
 LOADTEST=target/release/loadtest
 [ -x "$LOADTEST" ] || cargo build --release -p loadtest
 
@@ -45,7 +48,7 @@ addr_of() {
     return 1
 }
 
-taskset -c 1 "$LOADTEST" mock --listen 127.0.0.1:0 --workers 1 2> "$TMP/mock.log" &
+taskset -c 1 "$LOADTEST" mock --listen 127.0.0.1:0 --workers 1 --interval-ms "$INTERVAL" 2> "$TMP/mock.log" &
 PIDS+=($!)
 MOCK=$(addr_of "$TMP/mock.log")
 

@@ -81,6 +81,36 @@ fn f5_a_request_pipelined_behind_a_stream_is_answered_after_it() {
     assert_eq!(up.requests().len(), 2);
 }
 
+#[test]
+fn f5_a_request_pipelined_in_the_middle_of_a_stream_is_answered_after_it() {
+    // The second request arrives while the stream waits on the provider, so
+    // the client poll that stays posted for the whole stream fires on it:
+    // the router must take it for a next request, not for the client leaving.
+    let up = Upstream::start();
+    gated_stream(&up);
+    up.push(json_reply(
+        200,
+        r#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"second"},"finish_reason":"stop"}]}"#,
+    ));
+    let router = Router::start("f5-mid", &config(&up.base_url()));
+    let mut s = router.connect();
+    s.write_all(request(STREAM).as_bytes()).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = Reader::new(s);
+    assert!(r.read_until(|b| b.windows(9).any(|w| w == b"data: one")));
+    let plain = r#"{"model":"m","messages":[{"role":"user","content":"two"}]}"#;
+    w.write_all(request(plain).as_bytes()).unwrap();
+    up.release.send(()).unwrap();
+    let first = r.response().unwrap();
+    assert_eq!(first.status, 200);
+    assert!(first.text().contains("data: two") && first.text().contains("[DONE]"));
+    let second = r.response().unwrap();
+    assert_eq!(second.status, 200);
+    assert!(second.text().contains("second"));
+    let lines = router.log_lines(2);
+    assert!(lines.iter().all(|l| l["status"] == 200), "{lines:?}");
+}
+
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()

@@ -21,6 +21,10 @@ use crate::http::{self, BodyFraming, ChunkedDecoder, HeadLimits, ParseStatus, Ve
 /// Buffer capacity kept by an idle keep-alive connection; larger buffers
 /// (after a big request) are shrunk back to this.
 const IDLE_BUF: usize = 8 * 1024;
+/// Spare room of a connection's first head read. A head that fills it is
+/// read on with a spare as large as what is buffered (doubling), so a small
+/// request — and a held stream — keeps a small buffer.
+const HEAD_SPARE: usize = 2 * 1024;
 
 /// Serve one client connection until it closes, errs or times out. Each
 /// request is served by the worker's current core: after a reload, the next
@@ -29,7 +33,7 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
     let mut core = worker.core();
     let write_timeout = Duration::from_millis(core.snap.config.server.write_timeout_ms);
     let mut conn = ClientConn::new(stream, write_timeout);
-    let mut buf: Vec<u8> = Vec::with_capacity(IDLE_BUF);
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         if core.snap.generation != super::GENERATION.load(std::sync::atomic::Ordering::Relaxed) {
             core = worker.core();
@@ -61,7 +65,8 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
                 Some(d) => d.saturating_duration_since(Instant::now()),
             };
             let was_empty = buf.is_empty();
-            match monoio::time::timeout(wait, read_append(&mut conn.stream, buf, 4096)).await {
+            let spare = HEAD_SPARE.max(buf.len());
+            match monoio::time::timeout(wait, read_append(&mut conn.stream, buf, spare)).await {
                 Ok((Ok(0), _)) | Ok((Err(_), _)) => return,
                 Ok((Ok(_), b)) => buf = b,
                 Err(_) => {

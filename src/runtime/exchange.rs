@@ -11,7 +11,6 @@ use std::ops::Range;
 use std::time::Duration;
 
 use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 
 use super::Core;
 use super::shutdown::Shutdown;
@@ -40,7 +39,6 @@ pub struct Reply {
 /// `1xx` responses are skipped, however the reads split them.
 pub async fn send(
     core: &Core,
-    client: &TcpStream,
     armed: &mut Armed,
     eidx: usize,
     up_req: &mut Vec<u8>,
@@ -95,13 +93,7 @@ pub async fn send(
         resp.clear();
         loop {
             match armed
-                .read(
-                    client,
-                    &core.shutdown,
-                    &mut up,
-                    std::mem::take(resp),
-                    timeout,
-                )
+                .read(&core.shutdown, &mut up, std::mem::take(resp), timeout)
                 .await
             {
                 Wait::Done((r, b)) => {
@@ -185,14 +177,13 @@ pub fn first_byte_timeout(core: &Core, pidx: usize) -> Duration {
 /// Read more upstream bytes into `resp`; `Ok(false)` on EOF.
 async fn read_more(
     armed: &mut Armed,
-    client: &TcpStream,
     shutdown: &Shutdown,
     up: &mut Conn,
     resp: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<bool, BodyEnd> {
     match armed
-        .read(client, shutdown, up, std::mem::take(resp), timeout)
+        .read(shutdown, up, std::mem::take(resp), timeout)
         .await
     {
         Wait::Done((r, b)) => {
@@ -229,7 +220,6 @@ pub struct Body {
 /// what was read and the provider allowed keep-alive.
 pub async fn read_body(
     core: &Core,
-    client: &TcpStream,
     armed: &mut Armed,
     eidx: usize,
     reply: &mut Reply,
@@ -240,7 +230,6 @@ pub async fn read_body(
     let timeout = first_byte_timeout(core, pidx);
     read_whole_body(
         armed,
-        client,
         &core.shutdown,
         &mut reply.up,
         resp,
@@ -267,7 +256,6 @@ pub async fn read_body(
 #[allow(clippy::too_many_arguments)]
 async fn read_whole_body(
     armed: &mut Armed,
-    client: &TcpStream,
     shutdown: &Shutdown,
     up: &mut Conn,
     resp: &mut Vec<u8>,
@@ -291,7 +279,7 @@ async fn read_whole_body(
             }
             let need = head.head_len + n as usize;
             while resp.len() < need {
-                if !read_more(armed, client, shutdown, up, resp, timeout).await? {
+                if !read_more(armed, shutdown, up, resp, timeout).await? {
                     return Err(BodyEnd::Bad(TRUNCATED.into()));
                 }
             }
@@ -328,13 +316,13 @@ async fn read_whole_body(
                 // Decoded bytes are no longer needed: keep the head and the undecoded tail.
                 resp.drain(head.head_len..pos);
                 pos = head.head_len;
-                if !read_more(armed, client, shutdown, up, resp, timeout).await? {
+                if !read_more(armed, shutdown, up, resp, timeout).await? {
                     return Err(BodyEnd::Bad(TRUNCATED.into()));
                 }
             }
         }
         ResponseFraming::UntilClose => {
-            while read_more(armed, client, shutdown, up, resp, timeout).await? {
+            while read_more(armed, shutdown, up, resp, timeout).await? {
                 if resp.len() - head.head_len > MAX_UPSTREAM_BODY {
                     return Err(BodyEnd::Bad(TOO_LARGE.into()));
                 }

@@ -785,9 +785,9 @@ async fn upstream_call(
 ) -> Result<Next, RouterError> {
     let pidx = plan.pidx;
     let eidx = plan.eidx;
-    let mut armed = watch::arm();
+    let mut armed = watch::arm(conn);
     let built = Instant::now();
-    let sent = exchange::send(core, &conn.stream, &mut armed, eidx, up_req, resp).await;
+    let sent = exchange::send(core, &mut armed, eidx, up_req, resp).await;
     record_health(core, eidx, &sent, resp);
     // The router's share so far: everything up to the request being sent
     // (connecting is the upstream's).
@@ -870,8 +870,8 @@ async fn upstream_call(
     }
 
     // Buffered reply: read it whole (usage and response tags go in the head).
-    let read =
-        exchange::read_body(core, &conn.stream, &mut armed, eidx, &mut reply, resp, body).await?;
+    let read = exchange::read_body(core, &mut armed, eidx, &mut reply, resp, body).await?;
+    armed.disarm();
     let t_done = Instant::now();
     if read.reusable {
         core.pools.give(eidx, reply.up);

@@ -139,6 +139,7 @@ pub async fn relay_stream(
     };
     let mut pos = head.head_len;
     let mut first = true;
+    let mut held = false;
     let outcome = 'relay: loop {
         // Decode what is buffered into payload ranges.
         ranges.clear();
@@ -233,6 +234,11 @@ pub async fn relay_stream(
                 scanned = text.len();
             }
         }
+        if finished {
+            // The cancel of the client poll leaves with the last write
+            // (not in a ring enter of its own after it).
+            armed.disarm();
+        }
         if !conn.out.is_empty() && conn.flush().await.is_err() {
             break Relay::ClientGone;
         }
@@ -242,6 +248,12 @@ pub async fn relay_stream(
         // Keep only undecoded bytes, then read more.
         resp.drain(..pos);
         pos = 0;
+        if !held {
+            // From here the stream waits on the provider, for as long as it
+            // generates: it holds a small buffer, not the head read's.
+            held = true;
+            resp.shrink_to(resp.len().max(watch::STREAM_SPARE));
+        }
         let buf = std::mem::take(resp);
         // Until the first content byte the first-byte timeout applies (a long
         // prefill after an early head); after it, the stream-idle timeout.
@@ -299,6 +311,8 @@ pub async fn relay_stream(
             }
         }
     };
+    // The last upstream read is done (or failed): the rest goes out unwatched.
+    armed.disarm();
     let text = match &mut mode {
         StreamMode::Chat { stats, .. } => {
             ctx.input_tokens = stats.input_tokens;

@@ -1,33 +1,68 @@
 //! Client-gone detection while the router waits on an upstream.
 //!
-//! A readability poll stays posted on the client socket while the router
-//! waits for the upstream (re-posted with each upstream read, so it never
-//! overlaps a write to the client). When it fires, a non-blocking
-//! `MSG_PEEK` tells EOF/reset (the client is gone: close the upstream, which
-//! stops generation on vLLM/llama-server) from pipelined bytes of a next
-//! request (stop watching; they are read after this response).
+//! A readability poll is posted on the client socket at the first wait of an
+//! exchange and stays posted across every upstream read and every write to
+//! the client until the exchange ends: one poll (and one cancel) per request
+//! or stream, not one per upstream read. It is posted on the connection's own
+//! duplicate of the client descriptor ([`ClientConn::watch_fd`], made once per
+//! connection), so it can stay in flight while the connection writes. When it
+//! fires, a non-blocking `MSG_PEEK` tells EOF/reset (the client is gone: close
+//! the upstream, which stops generation on vLLM/llama-server) from pipelined
+//! bytes of a next request (stop watching; they are read after this response).
+//!
+//! [`ClientConn::watch_fd`]: super::request::ClientConn::watch_fd
 
+use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use super::request::ClientConn;
 use super::shutdown::Shutdown;
 use crate::upstream::{Peek, peek};
 
-/// Start watching for the duration of one upstream exchange.
-pub fn arm() -> Armed {
-    Armed { active: true }
+/// Spare room reserved before an upstream read of a head or a whole body.
+const READ_SPARE: usize = 16 * 1024;
+/// Spare room reserved before a read of a streamed reply. Events are small
+/// and a held stream keeps its buffer (see `relay::relay_stream`, which
+/// shrinks it to this before the first wait), so stream reads start small;
+/// one that fills what it was given makes the next twice as large.
+pub const STREAM_SPARE: usize = 2 * 1024;
+/// The largest spare a stream read is given.
+const MAX_STREAM_SPARE: usize = 64 * 1024;
+
+/// Start watching `conn`'s client for the duration of one upstream exchange.
+/// Without a duplicate descriptor (the process is out of them), the
+/// exchange runs unwatched.
+pub fn arm(conn: &mut ClientConn) -> Armed {
+    let client = conn.watch_fd();
+    Armed {
+        active: client.is_some(),
+        client,
+        poll: None,
+        stream_spare: STREAM_SPARE,
+        given: 0,
+    }
 }
 
-/// An armed watch. The readability poll is posted on the client socket for
-/// the duration of each upstream read (no extra descriptor per connection);
-/// after pipelined bytes were seen, watching stops for this request.
+/// The readability poll in flight on the client (owns its descriptor).
+type ClientPoll = Pin<Box<dyn Future<Output = io::Result<()>>>>;
+
+/// An armed watch; see the module documentation.
 pub struct Armed {
+    /// Watching until pipelined bytes were seen (or without a descriptor).
     active: bool,
+    client: Option<Rc<TcpStream>>,
+    poll: Option<ClientPoll>,
+    /// Spare room the next stream read gets, and what the last read got.
+    stream_spare: usize,
+    given: usize,
 }
 
 /// How waiting on an upstream read ended.
@@ -39,47 +74,114 @@ pub enum Wait<T> {
     Shutdown,
 }
 
+/// What the client side said while a read was waiting.
+enum Seen {
+    Gone,
+    /// Nothing to act on (pipelined bytes, or a spurious wake-up).
+    Nothing,
+}
+
 impl Armed {
+    /// The client poll, posted on first use and kept until it fires; `None`
+    /// once watching stopped.
+    fn poll(&mut self) -> Option<&mut ClientPoll> {
+        if !self.active {
+            return None;
+        }
+        if self.poll.is_none() {
+            let client = self.client.clone()?;
+            self.poll = Some(Box::pin(async move { client.readable(false).await }));
+        }
+        self.poll.as_mut()
+    }
+
+    /// The poll fired with `r`: tell a gone client from pipelined bytes.
+    fn fired(&mut self, r: io::Result<()>) -> Seen {
+        self.poll = None;
+        if r.is_err() {
+            return Seen::Gone;
+        }
+        let Some(client) = &self.client else {
+            return Seen::Nothing;
+        };
+        match peek(client.as_raw_fd()) {
+            Peek::Closed => Seen::Gone,
+            Peek::Data => {
+                self.active = false;
+                Seen::Nothing
+            }
+            // Re-posted at the next wait.
+            Peek::Nothing => Seen::Nothing,
+        }
+    }
+
+    /// Stop watching: the upstream reads are over, and the response is about
+    /// to be written (the client's next request, arriving as it reads the
+    /// response, must not wake the poll). Cancels the poll in flight.
+    pub fn disarm(&mut self) {
+        self.active = false;
+        self.poll = None;
+    }
+
+    /// The slice of `buf` a read fills: its spare capacity, at least
+    /// `spare` bytes of it.
+    fn spare_for(&mut self, mut buf: Vec<u8>, spare: usize) -> SliceMut<Vec<u8>> {
+        if buf.capacity() - buf.len() < spare {
+            buf.reserve(spare);
+        }
+        let len = buf.len();
+        let cap = buf.capacity();
+        self.given = cap - len;
+        SliceMut::new(buf, len, cap)
+    }
+
+    /// A stream read ended: one that filled all it was given doubles the
+    /// next stream read's spare.
+    fn stream_done(
+        &mut self,
+        (r, b): (io::Result<usize>, SliceMut<Vec<u8>>),
+    ) -> (io::Result<usize>, Vec<u8>) {
+        if matches!(r, Ok(n) if n == self.given) {
+            self.stream_spare = (2 * self.stream_spare).min(MAX_STREAM_SPARE);
+        }
+        (r, b.into_inner())
+    }
+
     /// Read from `upstream` into the spare capacity of `buf` (appending),
     /// unless the client goes away or `timeout` passes first. The buffer is
     /// lost only in those two cases, where the upstream connection is dropped
     /// anyway.
     pub async fn read<R: AsyncReadRent>(
         &mut self,
-        client: &TcpStream,
         shutdown: &Shutdown,
         upstream: &mut R,
-        mut buf: Vec<u8>,
+        buf: Vec<u8>,
         timeout: Duration,
     ) -> Wait<(io::Result<usize>, Vec<u8>)> {
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        let len = buf.len();
-        let cap = buf.capacity();
-        let read = upstream.read(SliceMut::new(buf, len, cap));
+        let read = upstream.read(self.spare_for(buf, READ_SPARE));
         let sleep = monoio::time::sleep(timeout);
         let (mut read, mut sleep) = (std::pin::pin!(read), std::pin::pin!(sleep));
         loop {
-            if !self.active {
-                return monoio::select! {
-                    (r, b) = &mut read => Wait::Done((r, b.into_inner())),
-                    _ = &mut sleep => Wait::TimedOut,
-                    _ = shutdown.wait() => Wait::Shutdown,
-                };
-            }
-            monoio::select! {
-                (r, b) = &mut read => return Wait::Done((r, b.into_inner())),
-                _ = &mut sleep => return Wait::TimedOut,
-                _ = shutdown.wait() => return Wait::Shutdown,
-                r = client.readable(false) => {
-                    if r.is_err() {
+            let ev = match self.poll() {
+                Some(poll) => monoio::select! {
+                    r = &mut read => Ev::Read(r),
+                    _ = &mut sleep => Ev::Slept,
+                    r = poll.as_mut() => Ev::Client(r),
+                    _ = shutdown.wait() => Ev::Shutdown,
+                },
+                None => monoio::select! {
+                    r = &mut read => Ev::Read(r),
+                    _ = &mut sleep => Ev::Slept,
+                    _ = shutdown.wait() => Ev::Shutdown,
+                },
+            };
+            match ev {
+                Ev::Read((r, b)) => return Wait::Done((r, b.into_inner())),
+                Ev::Slept => return Wait::TimedOut,
+                Ev::Shutdown => return Wait::Shutdown,
+                Ev::Client(r) => {
+                    if let Seen::Gone = self.fired(r) {
                         return Wait::ClientGone;
-                    }
-                    match peek(client.as_raw_fd()) {
-                        Peek::Closed => return Wait::ClientGone,
-                        Peek::Data => self.active = false,
-                        Peek::Nothing => {}
                     }
                 }
             }
@@ -87,8 +189,8 @@ impl Armed {
     }
 }
 
-/// How one wait of [`Armed::read_stream`] went (internal).
-enum StreamEv<T> {
+/// How one wait of a read went (internal).
+enum Ev<T> {
     Read(T),
     Slept,
     Client(io::Result<()>),
@@ -109,17 +211,12 @@ impl Armed {
         client: &mut TcpStream,
         shutdown: &Shutdown,
         upstream: &mut R,
-        mut buf: Vec<u8>,
+        buf: Vec<u8>,
         idle: Duration,
         keepalive: Option<(Duration, &'static [u8])>,
         write_timeout: Duration,
     ) -> Wait<(io::Result<usize>, Vec<u8>)> {
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        let len = buf.len();
-        let cap = buf.capacity();
-        let mut read = std::pin::pin!(upstream.read(SliceMut::new(buf, len, cap)));
+        let mut read = std::pin::pin!(upstream.read(self.spare_for(buf, self.stream_spare)));
         let deadline = Instant::now() + idle;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -130,23 +227,22 @@ impl Armed {
                 Some((every, bytes)) if every < left => (every, Some(bytes)),
                 _ => (left, None),
             };
-            let ev = if self.active {
-                monoio::select! {
-                    r = &mut read => StreamEv::Read(r),
-                    _ = monoio::time::sleep(wait) => StreamEv::Slept,
-                    r = client.readable(false) => StreamEv::Client(r),
-                    _ = shutdown.wait() => StreamEv::Shutdown,
-                }
-            } else {
-                monoio::select! {
-                    r = &mut read => StreamEv::Read(r),
-                    _ = monoio::time::sleep(wait) => StreamEv::Slept,
-                    _ = shutdown.wait() => StreamEv::Shutdown,
-                }
+            let ev = match self.poll() {
+                Some(poll) => monoio::select! {
+                    r = &mut read => Ev::Read(r),
+                    _ = monoio::time::sleep(wait) => Ev::Slept,
+                    r = poll.as_mut() => Ev::Client(r),
+                    _ = shutdown.wait() => Ev::Shutdown,
+                },
+                None => monoio::select! {
+                    r = &mut read => Ev::Read(r),
+                    _ = monoio::time::sleep(wait) => Ev::Slept,
+                    _ = shutdown.wait() => Ev::Shutdown,
+                },
             };
             match ev {
-                StreamEv::Read((r, b)) => return Wait::Done((r, b.into_inner())),
-                StreamEv::Slept => {
+                Ev::Read(r) => return Wait::Done(self.stream_done(r)),
+                Ev::Slept => {
                     let Some(bytes) = tick else {
                         return Wait::TimedOut;
                     };
@@ -155,13 +251,12 @@ impl Armed {
                         _ => return Wait::ClientGone,
                     }
                 }
-                StreamEv::Shutdown => return Wait::Shutdown,
-                StreamEv::Client(Err(_)) => return Wait::ClientGone,
-                StreamEv::Client(Ok(())) => match peek(client.as_raw_fd()) {
-                    Peek::Closed => return Wait::ClientGone,
-                    Peek::Data => self.active = false,
-                    Peek::Nothing => {}
-                },
+                Ev::Shutdown => return Wait::Shutdown,
+                Ev::Client(r) => {
+                    if let Seen::Gone = self.fired(r) {
+                        return Wait::ClientGone;
+                    }
+                }
             }
         }
     }
