@@ -3,8 +3,6 @@
 //! ([`Request`]), and how the connection goes on afterwards ([`Next`]).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
@@ -29,9 +27,6 @@ pub struct ClientConn {
     pub http10: bool,
     /// `[server] write_timeout_ms`.
     pub write_timeout: Duration,
-    /// A duplicate of the client descriptor that the client-gone watch
-    /// polls (see `runtime/watch.rs`), made at the first upstream exchange.
-    watch: Option<Rc<TcpStream>>,
 }
 
 impl ClientConn {
@@ -45,27 +40,7 @@ impl ClientConn {
             json_scratch: Vec::new(),
             http10: false,
             write_timeout,
-            watch: None,
         }
-    }
-
-    /// The descriptor the client-gone watch polls: a duplicate of the
-    /// client's, so a poll can stay posted on it while `stream` is written.
-    /// Made once per connection; `None` when the process is out of
-    /// descriptors (the exchange then runs unwatched).
-    pub fn watch_fd(&mut self) -> Option<Rc<TcpStream>> {
-        if self.watch.is_none() {
-            // SAFETY: `stream` owns a live socket; F_DUPFD_CLOEXEC returns a
-            // new descriptor (or -1), which the std stream below then owns.
-            let fd = unsafe { libc::fcntl(self.stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-            if fd < 0 {
-                return None;
-            }
-            // SAFETY: `fd` is a fresh descriptor of a connected TCP socket, owned by nobody else.
-            let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-            self.watch = Some(Rc::new(TcpStream::from_std(std).ok()?));
-        }
-        self.watch.clone()
     }
 
     /// Write `out` to the client and clear it.

@@ -2,21 +2,17 @@
 //!
 //! A readability poll is posted on the client socket at the first wait of an
 //! exchange and stays posted across every upstream read and every write to
-//! the client until the exchange ends: one poll (and one cancel) per request
-//! or stream, not one per upstream read. It is posted on the connection's own
-//! duplicate of the client descriptor ([`ClientConn::watch_fd`], made once per
-//! connection), so it can stay in flight while the connection writes. When it
-//! fires, a non-blocking `MSG_PEEK` tells EOF/reset (the client is gone: close
-//! the upstream, which stops generation on vLLM/llama-server) from pipelined
-//! bytes of a next request (stop watching; they are read after this response).
-//!
-//! [`ClientConn::watch_fd`]: super::request::ClientConn::watch_fd
+//! the client until the last upstream read: one poll (and one cancel, which
+//! leaves with the last write) per request or stream, not one per upstream
+//! read. When it fires, a non-blocking `MSG_PEEK` tells EOF/reset (the client
+//! is gone: close the upstream, which stops generation on vLLM/llama-server)
+//! from pipelined bytes of a next request (stop watching; they are read after
+//! this response).
 
 use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBufMut, SliceMut};
@@ -38,13 +34,13 @@ pub const STREAM_SPARE: usize = 2 * 1024;
 const MAX_STREAM_SPARE: usize = 64 * 1024;
 
 /// Start watching `conn`'s client for the duration of one upstream exchange.
-/// Without a duplicate descriptor (the process is out of them), the
-/// exchange runs unwatched.
-pub fn arm(conn: &mut ClientConn) -> Armed {
-    let client = conn.watch_fd();
+///
+/// The [`Armed`] returned must be dropped before `conn` is (it is a local of
+/// the exchange, which borrows `conn` throughout).
+pub fn arm(conn: &ClientConn) -> Armed {
     Armed {
-        active: client.is_some(),
-        client,
+        active: true,
+        client: std::ptr::from_ref(&conn.stream),
         poll: None,
         stream_spare: STREAM_SPARE,
         given: 0,
@@ -58,7 +54,8 @@ type ClientPoll = Pin<Box<dyn Future<Output = io::Result<()>>>>;
 pub struct Armed {
     /// Watching until pipelined bytes were seen (or without a descriptor).
     active: bool,
-    client: Option<Rc<TcpStream>>,
+    /// The client socket (see [`arm`] and [`Armed::poll`] for why a pointer).
+    client: *const TcpStream,
     poll: Option<ClientPoll>,
     /// Spare room the next stream read gets, and what the last read got.
     stream_spare: usize,
@@ -89,8 +86,21 @@ impl Armed {
             return None;
         }
         if self.poll.is_none() {
-            let client = self.client.clone()?;
-            self.poll = Some(Box::pin(async move { client.readable(false).await }));
+            let client = self.client;
+            // SAFETY: `client` points at the connection's socket, which
+            // outlives this Armed (see `arm`) and does not move while the
+            // exchange borrows the connection. The poll stays in flight while
+            // the same socket is written through `&mut` (a keep-alive comment,
+            // relayed events): `readable` reads the socket only on its first
+            // poll — right below, in the same select as the upstream read,
+            // before any write — to take its own counted handle on the
+            // descriptor for the PollAdd; monoio's reads and writes of one
+            // socket run concurrently by design (`TcpStream: Split`). A
+            // second descriptor (a dup) would avoid the pointer but costs a
+            // file per connection, a third of the 10,000-stream budget.
+            self.poll = Some(Box::pin(async move {
+                unsafe { &*client }.readable(false).await
+            }));
         }
         self.poll.as_mut()
     }
@@ -101,10 +111,10 @@ impl Armed {
         if r.is_err() {
             return Seen::Gone;
         }
-        let Some(client) = &self.client else {
-            return Seen::Nothing;
-        };
-        match peek(client.as_raw_fd()) {
+        // SAFETY: as in `poll`: the socket outlives this Armed; only its
+        // descriptor number is read.
+        let fd = unsafe { &*self.client }.as_raw_fd();
+        match peek(fd) {
             Peek::Closed => Seen::Gone,
             Peek::Data => {
                 self.active = false;
