@@ -8,7 +8,9 @@
 //! directly and through every target, in turn. It prints added latency
 //! (target − direct, same percentile, same point), CPU µs per request of the
 //! target process (its CPU time over the measured window / requests completed
-//! in it) and its RSS before and after.
+//! in it), context switches per request (from `/proc`), syscalls and
+//! io_uring submissions per request (`perf stat` over the same window, when
+//! perf works here) and its RSS before and after.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -25,6 +27,7 @@ use serde::Serialize;
 use crate::args::{Args, parse_list};
 use crate::http::{Url, post_request};
 use crate::load::{self, LoadConfig, Mode, Report};
+use crate::perf::{self, Perf};
 use crate::{procfs, rt};
 
 pub const USAGE: &str = "\
@@ -33,13 +36,14 @@ loadtest compare --router-bin PATH [--router-config FILE] [--nginx-config FILE]
                  [--duration 10s] [--warmup 2s] [--rates 1000,5000,10000]
                  [--max-concurrency 64] [--events 20] [--interval-ms 0] [--first-byte-ms 0]
                  [--router-cpu N] [--load-cpu N] [--model M] [--timeout 5s]
-                 [--observe] [--baseline-bin PATH]
+                 [--observe] [--baseline-bin PATH] [--no-perf] [--perf-bin perf]
                  [--keep] [--keep-awake] [--quick] [--json] [--json-out FILE]
 
 Starts the mock and the router (generated config unless --router-config),
 measures direct-to-mock and through each target at concurrency 1, at each
 rate and at max throughput, plain and streamed, and prints added latency,
-CPU µs per request and RSS of each target. Reference targets (nginx as a
+CPU µs, context switches, syscalls and io_uring submissions (SQEs) per
+request and RSS of each target. Reference targets (nginx as a
 plain reverse proxy, the original router, LiteLLM) run when their config or
 binary is given and installed. Config files given for targets are templates:
 @MOCK_ADDR@ (host:port of the mock), @MOCK_URL@ (http://host:port/v1),
@@ -50,7 +54,11 @@ writes it to FILE. --keep keeps the temporary directory (configs, logs).
 vCPU does not halt (like booting with idle=poll; on VMs it removes tens of µs of
 wake-up latency from every hop; its CPU time is charged to no target).
 --quick: a few-second smoke (router and direct, concurrency 1 and 200 req/s);
-exits non-zero if any request failed, never on timings.
+exits non-zero if any request failed, never on timings; it does not use perf.
+Syscalls/req and SQEs/req come from `perf stat -e raw_syscalls:sys_enter,
+io_uring:io_uring_submit_req -p <the target's process tree>` over each
+measured window; where perf is missing or not permitted they show as `-`
+(never an error). --no-perf skips it; --perf-bin names the perf binary.
 --observe adds router+obs: a second instance of the router with a /metrics
 scrape every second and one dashboard feed subscriber attached.
 --baseline-bin PATH adds baseline: another build of the router, same config.
@@ -89,6 +97,9 @@ struct Options {
     json: bool,
     json_out: Option<PathBuf>,
     timeout: Duration,
+    /// Count syscalls and io_uring submissions with `perf stat`.
+    perf: bool,
+    perf_bin: String,
 }
 
 fn options(argv: &[String]) -> Result<Options, String> {
@@ -116,8 +127,9 @@ fn options(argv: &[String]) -> Result<Options, String> {
             "timeout",
             "json-out",
             "baseline-bin",
+            "perf-bin",
         ],
-        &["quick", "json", "keep", "keep-awake", "observe"],
+        &["quick", "json", "keep", "keep-awake", "observe", "no-perf"],
     )?;
     let quick = a.flag("quick");
     let rates = match a.str("rates") {
@@ -168,6 +180,8 @@ fn options(argv: &[String]) -> Result<Options, String> {
         json: a.flag("json"),
         json_out: a.str("json-out").map(PathBuf::from),
         timeout: a.duration_or("timeout", Duration::from_secs(5))?,
+        perf: !a.flag("no-perf") && !quick,
+        perf_bin: a.str("perf-bin").unwrap_or("perf").into(),
     })
 }
 
@@ -634,6 +648,14 @@ struct Run {
     /// Context switches of every thread of the target's process tree in the
     /// window / requests completed in it (stable on a noisy VM).
     ctx_switches_per_req: Option<f64>,
+    /// Syscalls entered by every thread of the target's process tree in the
+    /// window (`perf stat`, `raw_syscalls:sys_enter`) / requests completed;
+    /// absent without perf.
+    syscalls_per_req: Option<f64>,
+    /// io_uring submissions (SQEs, `io_uring:io_uring_submit_req`) of the
+    /// target's process tree in the window / requests completed; absent
+    /// without perf.
+    uring_sqes_per_req: Option<f64>,
     /// Target − direct at the same point (µs); absent for `direct`.
     added_p50_us: Option<i64>,
     added_p99_us: Option<i64>,
@@ -661,6 +683,10 @@ struct Output {
     mock_events: usize,
     mock_interval_ms: f64,
     driver: &'static str,
+    /// How syscalls and SQEs were counted, or why they were not.
+    perf: String,
+    /// Windows in which perf failed, and its first error.
+    perf_failures: Vec<String>,
     targets: Vec<TargetSummary>,
     skipped: Vec<String>,
     runs: Vec<Run>,
@@ -827,6 +853,33 @@ fn run(
         progress(&format!("skipped: {s}"));
     }
 
+    let (perf, perf_status) = if o.quick {
+        (None, "not used with --quick".to_string())
+    } else if !o.perf {
+        (None, "not used (--no-perf)".to_string())
+    } else {
+        match Perf::probe(&o.perf_bin, &tmp.join("perf"), load_cpu) {
+            Ok(p) => {
+                let mut status = format!(
+                    "perf stat -e {} on each target's process tree, over each measured window",
+                    p.events().join(",")
+                );
+                if p.events().len() < 2 {
+                    status +=
+                        "; this kernel has no io_uring submission tracepoint: SQEs/req not counted";
+                }
+                progress(&format!("counting with {status}"));
+                (Some(p), status)
+            }
+            Err(e) => {
+                let status = format!("unavailable ({e}): syscalls/req and SQEs/req not measured");
+                progress(&format!("perf {status}"));
+                (None, status)
+            }
+        }
+    };
+    let mut perf_failures: Vec<String> = Vec::new();
+
     std::thread::sleep(Duration::from_millis(300));
     for t in targets.iter_mut() {
         t.rss_idle_kb = procfs::tree_rss_kb(t.pid);
@@ -873,15 +926,37 @@ fn run(
                     cpu: load_cpu,
                     spin: None,
                 };
-                let (report, m) = measure(&cfg, t.pid)?;
-                let ctx_switches_per_req = (report.ok > 0).then(|| {
-                    (m.target_ctx_switches as f64 / report.ok as f64 * 100.0).round() / 100.0
-                });
-                let cpu_us_per_req = (report.ok > 0).then(|| {
-                    (m.target_cpu_ns as f64 / 1e3 / report.ok as f64 * 100.0).round() / 100.0
-                });
+                let (report, m) = measure_with(&cfg, t.pid, perf.as_ref())?;
+                // Per request completed in the window, to 2 decimals.
+                let per_req = |n: f64| {
+                    (report.ok > 0).then(|| (n / report.ok as f64 * 100.0).round() / 100.0)
+                };
+                let ctx_switches_per_req = per_req(m.target_ctx_switches as f64);
+                let cpu_us_per_req = per_req(m.target_cpu_ns as f64 / 1e3);
+                let (syscalls_per_req, uring_sqes_per_req) = match &m.kernel {
+                    Some(Ok(c)) => (
+                        per_req(c.syscalls as f64),
+                        c.sqes.and_then(|n| per_req(n as f64)),
+                    ),
+                    Some(Err(e)) => {
+                        if perf_failures.is_empty() {
+                            progress(&format!(
+                                "perf failed ({e}): \"-\" in syscalls/req and SQEs/req for that window"
+                            ));
+                        }
+                        perf_failures.push(format!(
+                            "{} {} {}: {e}",
+                            if stream { "stream" } else { "plain" },
+                            p.label,
+                            t.name
+                        ));
+                        (None, None)
+                    }
+                    None => (None, None),
+                };
+                let dash2 = |v: Option<f64>| v.map_or("-".into(), |c| format!("{c:.2}"));
                 progress(&format!(
-                    "{:<6} {:<11} {:<8} {:>9.1} req/s  p50 {:>6} µs  p99 {:>6} µs  cpu {:>6} µs/req  ctxsw {:>5}/req  errors {}  (others used {:.0}% CPU)",
+                    "{:<6} {:<11} {:<8} {:>9.1} req/s  p50 {:>6} µs  p99 {:>6} µs  cpu {:>6} µs/req  ctxsw {:>5}/req  syscalls {:>5}/req  sqe {:>5}/req  errors {}  (others used {:.0}% CPU)",
                     if stream { "stream" } else { "plain" },
                     p.label,
                     t.name,
@@ -889,7 +964,9 @@ fn run(
                     report.latency_us.p50,
                     report.latency_us.p99,
                     cpu_us_per_req.map_or("-".into(), |c| format!("{c:.1}")),
-                    ctx_switches_per_req.map_or("-".into(), |c| format!("{c:.2}")),
+                    dash2(ctx_switches_per_req),
+                    dash2(syscalls_per_req),
+                    dash2(uring_sqes_per_req),
                     report.errors_total,
                     m.others_cpu_pct
                 ));
@@ -900,6 +977,8 @@ fn run(
                     report,
                     cpu_us_per_req,
                     ctx_switches_per_req,
+                    syscalls_per_req,
+                    uring_sqes_per_req,
                     added_p50_us: None,
                     added_p99_us: None,
                     added_ttfb_p99_us: None,
@@ -932,6 +1011,8 @@ fn run(
         mock_events: o.events,
         mock_interval_ms: o.interval_ms,
         driver: if rt::uring() { "io_uring" } else { "epoll" },
+        perf: perf_status,
+        perf_failures,
         targets: targets
             .iter()
             .map(|t| TargetSummary {
@@ -986,16 +1067,41 @@ pub(crate) struct Measured {
     /// CPU time of every process on the machine that is not ours (other
     /// users' builds…) in the window, in % of one CPU.
     others_cpu_pct: f64,
+    /// Syscalls and io_uring submissions of the target's process tree in the
+    /// window (`perf stat`), or why they could not be counted; None when
+    /// perf was not used.
+    kernel: Option<Result<perf::Counts, String>>,
 }
 
 /// Run one load and the CPU time the target spent in its measured window.
 pub(crate) fn measure(cfg: &LoadConfig, pid: u32) -> Result<(Report, Measured), String> {
+    measure_with(cfg, pid, None)
+}
+
+/// [`measure`], and with `perf`, the target's syscalls and io_uring
+/// submissions over the same window: `perf stat` attaches to the target's
+/// process tree (as it is now) before the load starts, events disabled, and
+/// counts from the window's start to its end.
+fn measure_with(
+    cfg: &LoadConfig,
+    pid: u32,
+    perf: Option<&Perf>,
+) -> Result<(Report, Measured), String> {
+    let counter = perf.map(|p| perf::Counter::start(p, &procfs::tree(pid)));
+    let (mut counter, mut kernel) = match counter {
+        Some(Ok(c)) => (Some(c), None),
+        Some(Err(e)) => (None, Some(Err(e))),
+        None => (None, None),
+    };
     let start = Instant::now() + Duration::from_millis(30);
     let window_start = start + cfg.warmup;
     let window_end = window_start + cfg.duration;
     let me = std::process::id();
     let sampler = std::thread::spawn(move || {
         sleep_until(window_start);
+        if let Some(c) = counter.as_mut() {
+            c.enable();
+        }
         let (a, ma, oa, ca) = (
             procfs::tree_cpu_ns(pid),
             procfs::machine_busy_ns(),
@@ -1009,19 +1115,28 @@ pub(crate) fn measure(cfg: &LoadConfig, pid: u32) -> Result<(Report, Measured), 
             procfs::tree_cpu_ns(me),
             procfs::tree_ctx_switches(pid),
         );
+        if let Some(c) = counter.as_mut() {
+            c.disable();
+        }
         let window = window_end
             .saturating_duration_since(window_start)
             .as_nanos()
             .max(1) as f64;
         let others = mb.saturating_sub(ma).saturating_sub(ob.saturating_sub(oa));
-        Measured {
+        let m = Measured {
             target_cpu_ns: b.saturating_sub(a),
             target_ctx_switches: cb.saturating_sub(ca),
             others_cpu_pct: (others as f64 / window * 1000.0).round() / 10.0,
-        }
+            kernel: None,
+        };
+        (m, counter)
     });
     let report = load::run(cfg, start)?;
-    let m = sampler.join().map_err(|_| "sampler panicked".to_string())?;
+    let (mut m, counter) = sampler.join().map_err(|_| "sampler panicked".to_string())?;
+    if let Some(c) = counter {
+        kernel = Some(c.finish());
+    }
+    m.kernel = kernel;
     Ok((report, m))
 }
 
@@ -1195,6 +1310,10 @@ fn render(out: &Output, points: &[Point]) -> String {
         out.mock_interval_ms
     );
     s += "latencies in µs; added = target − direct at the same point and percentile; CPU = target process µs per request\n";
+    s += &format!(
+        "ctxsw, syscalls, SQEs (io_uring submissions) per request of the target's process tree; syscalls/SQEs: {}\n",
+        out.perf
+    );
     for stream in [false, true] {
         s += &format!(
             "\n{}\n",
@@ -1206,7 +1325,7 @@ fn render(out: &Output, points: &[Point]) -> String {
         );
         if stream {
             s += &format!(
-                "{:<12} {:<9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9}  {}\n",
+                "{:<12} {:<9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>12} {:>8}  {}\n",
                 "point",
                 "target",
                 "req/s",
@@ -1221,11 +1340,13 @@ fn render(out: &Output, points: &[Point]) -> String {
                 "+TTFB99",
                 "CPU/req",
                 "ctxsw/req",
+                "syscalls/req",
+                "SQEs/req",
                 "errors"
             );
         } else {
             s += &format!(
-                "{:<12} {:<9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>8} {:>9}  {}\n",
+                "{:<12} {:<9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>8} {:>9} {:>12} {:>8}  {}\n",
                 "point",
                 "target",
                 "req/s",
@@ -1238,6 +1359,8 @@ fn render(out: &Output, points: &[Point]) -> String {
                 "+P99",
                 "CPU/req",
                 "ctxsw/req",
+                "syscalls/req",
+                "SQEs/req",
                 "errors"
             );
         }
@@ -1252,9 +1375,10 @@ fn render(out: &Output, points: &[Point]) -> String {
                 let cpu = r
                     .cpu_us_per_req
                     .map_or("-".to_string(), |c| format!("{c:.1}"));
-                let csw = r
-                    .ctx_switches_per_req
-                    .map_or("-".to_string(), |c| format!("{c:.2}"));
+                let two = |v: Option<f64>| v.map_or("-".to_string(), |c| format!("{c:.2}"));
+                let csw = two(r.ctx_switches_per_req);
+                let sys = two(r.syscalls_per_req);
+                let sqe = two(r.uring_sqes_per_req);
                 let errs = if r.report.errors_total == 0 {
                     "0".to_string()
                 } else {
@@ -1269,7 +1393,7 @@ fn render(out: &Output, points: &[Point]) -> String {
                 if stream {
                     let t = r.report.ttfb_us.clone().unwrap_or_default();
                     s += &format!(
-                        "{:<12} {:<9} {:>9.0} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9}  {}\n",
+                        "{:<12} {:<9} {:>9.0} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>12} {:>8}  {}\n",
                         r.point,
                         r.target,
                         r.report.achieved_rps,
@@ -1284,11 +1408,13 @@ fn render(out: &Output, points: &[Point]) -> String {
                         add(r.added_ttfb_p99_us),
                         cpu,
                         csw,
+                        sys,
+                        sqe,
                         errs
                     );
                 } else {
                     s += &format!(
-                        "{:<12} {:<9} {:>9.0} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>8} {:>9}  {}\n",
+                        "{:<12} {:<9} {:>9.0} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>8} {:>9} {:>12} {:>8}  {}\n",
                         r.point,
                         r.target,
                         r.report.achieved_rps,
@@ -1301,6 +1427,8 @@ fn render(out: &Output, points: &[Point]) -> String {
                         add(r.added_p99_us),
                         cpu,
                         csw,
+                        sys,
+                        sqe,
                         errs
                     );
                 }
@@ -1355,6 +1483,12 @@ fn render(out: &Output, points: &[Point]) -> String {
         s += &format!(
             "note: the load generator fell behind its schedule (send lag P99 > 1 ms) in: {}\n",
             behind.join(", ")
+        );
+    }
+    if let Some(first) = out.perf_failures.first() {
+        s += &format!(
+            "note: perf failed in {} window(s), shown as \"-\" (first: {first})\n",
+            out.perf_failures.len()
         );
     }
     for sk in &out.skipped {

@@ -2,7 +2,8 @@
 //!
 //! - `mock` ([`mock`]): a fast upstream speaking the four wire formats;
 //! - `load` ([`load`]): an open- or closed-loop load generator;
-//! - `compare` ([`compare`]): direct-to-mock against each proxy, side by side.
+//! - `compare` ([`compare`]): direct-to-mock against each proxy, side by side;
+//! - `streams` ([`streams`]): thousands of slow concurrent streams held open.
 //!
 //! [`http`] holds the byte-level HTTP pieces both sides share, [`rt`] the
 //! runtime, pinning and the precise ticker, [`procfs`] CPU and memory readings.
@@ -13,8 +14,10 @@ mod fleet;
 mod http;
 mod load;
 mod mock;
+mod perf;
 mod procfs;
 mod rt;
+mod streams;
 
 use std::process::ExitCode;
 
@@ -25,6 +28,7 @@ USAGE:
     loadtest mock [OPTIONS]       a fast upstream (OpenAI, Responses, Anthropic, Ollama)
     loadtest load --url URL ...   open- or closed-loop load, hdrhistogram latencies
     loadtest compare ...          direct-to-mock vs each target, side by side
+    loadtest streams ...          10,000 slow concurrent streams: memory per stream, event gaps
     loadtest help SUBCOMMAND
 ";
 
@@ -34,6 +38,7 @@ fn usage(cmd: &str) -> Option<&'static str> {
         "load" => Some(load::USAGE),
         "compare" => Some(compare::USAGE),
         "fleet" => Some(fleet::USAGE),
+        "streams" => Some(streams::USAGE),
         _ => None,
     }
 }
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         "mock" => mock::main(rest).map(|()| true),
         "load" => load::main(rest),
         "compare" => compare::main(rest),
+        "streams" => streams::main(rest),
         "help" | "--help" | "-h" => {
             print!("{}", rest.first().and_then(|c| usage(c)).unwrap_or(HELP));
             return ExitCode::SUCCESS;
