@@ -2,7 +2,7 @@
 //!
 //! Workers serialize each finished request into a line on their own core,
 //! appended to the core's batch buffer ([`CoreLog`]). The batch is handed to
-//! the log thread by the request that finds it 2 ms old (or large) — no timer
+//! the log thread by the request that finds it 10 ms old (or large) — no timer
 //! wakes a busy worker — and by a per-core flusher task after 20 ms when no
 //! request comes; through a bounded queue with `try_send`: a full
 //! queue drops the batch and counts its lines, a worker never waits for the
@@ -137,7 +137,7 @@ fn count_lines(b: &[u8]) -> u64 {
 
 /// How long a core keeps lines before handing them to the log thread when
 /// requests keep coming (the hand-over rides on a request's end).
-const BATCH_DELAY: Duration = Duration::from_millis(2);
+const BATCH_DELAY: Duration = Duration::from_millis(10);
 /// When no request comes to carry the batch, the flusher task hands it over
 /// after this long: a timer wake-up only for a core that went quiet.
 const IDLE_FLUSH: Duration = Duration::from_millis(20);
