@@ -1,14 +1,60 @@
-//! The `keyword` request classifier: tag → keywords, one automaton.
+//! The `keyword` request classifier: tag → keywords, matched by a filter
+//! over hashed text windows.
 //!
 //! docs/routing.md: "the system prompt and every message's text, lowercased, checked
 //! for a substring match of any keyword of each tag". Instead of lowercasing
 //! (a copy per request) and running one search per keyword, the snapshot
-//! holds a single ASCII-case-insensitive automaton over all keywords of all
-//! tags; each text span is walked once.
+//! holds one matcher over all keywords of all tags; each text span is walked
+//! once, and the work per byte depends little on the number of keywords.
+//!
+//! # How a span is matched
+//!
+//! Every keyword has a *key*: the low five bits of each of its first `width`
+//! bytes, where `width` is 6 for keywords of 5 bytes and more, 4 for 3–4 bytes
+//! and 2 for 1–2 bytes (the *tiers*). The low five bits of an ASCII letter do
+//! not depend on its case, so keys need no case folding. A keyword one byte
+//! shorter than its width (1, 3 or 5 bytes) is entered under all 32 values of
+//! the missing byte.
+//!
+//! 1. **Filter** (per byte, the hot loop). At every position of the span, for
+//!    each tier present (usually one or two), the 8-byte window there is
+//!    masked to the tier's key, hashed (one multiplication) and tested against
+//!    one bit of a bitset sized at 64 bits per key (4 KiB .. 256 KiB). Most
+//!    positions stop here.
+//! 2. **Head filter** (positions that pass). A second bitset, indexed like
+//!    the first, holds two bits per key from the hash of its keyword's *head*
+//!    (the five low bits of its first `min(len, 8)` bytes); the window is
+//!    tested at each keyword length present. This drops the positions where
+//!    only the key matched (a shared prefix) without touching the table.
+//! 3. **Table**. The window (ASCII-folded) is compared with the exact heads
+//!    (first eight bytes) of the keywords of its key: four per 64-byte bucket,
+//!    open addressing. A matching head is checked against the whole keyword
+//!    (`eq_ignore_ascii_case`), and the keyword's tags are added.
+//!
+//! A longer key (6 bytes) keeps the filter selective when thousands of
+//! keywords share prefixes; one probe per position for keywords of 5 bytes
+//! and more keeps the loop short whatever their lengths.
+//!
+//! # Why not one Aho-Corasick automaton (measured)
+//!
+//! The automaton (ASCII case-insensitive, overlapping) cost 1.8–1.9 µs per KB
+//! at 10 and 100 keywords, and 5.7 µs/KB (1 KB prompt) to 10.7 µs/KB (1 MB)
+//! at 10,000 keywords: its 1.5 MiB NFA misses the cache on most bytes
+//! (a DFA was 19 MiB). This matcher, same bench and machine: 0.97 / 0.85
+//! µs/KB at 10 keywords (1 KB / 1 MB prompt), 0.98 / 0.91 at 100, 1.46 /
+//! 1.63 at 10,000, in 8 KiB, 21 KiB and 1.1 MiB (`cargo bench --bench
+//! hot_path -- classify`; docs/benches.md describes the inputs).
+//!
+//! What still grows with the number of keywords is the number of positions
+//! that pass the filter: about 1 per KB at 10 keywords, 30 at 10,000, where
+//! the bench's prompts, made of the same syllables as its keywords, share a
+//! 6-byte key with some keyword every ~50 bytes; each costs a mispredicted
+//! branch and a look at the head filter. The filter also outgrows L1 (128
+//! KiB at 10,000). A two-bit filter (blocked Bloom) removes most false passes,
+//! not the shared keys, and costs ~70% more per byte at every size (1.4
+//! against 0.8 µs/KB at 10 keywords), so it is not used.
 
 use std::collections::HashMap;
-
-use aho_corasick::{AhoCorasick, MatchKind};
 
 /// Request keyword classifier, built once per config snapshot.
 ///
@@ -29,15 +75,11 @@ use aho_corasick::{AhoCorasick, MatchKind};
 pub struct KeywordClassifier {
     tags: Vec<String>,
     /// `None` when no tag has a non-empty keyword.
-    automaton: Option<AhoCorasick>,
-    /// Pattern `p` belongs to the tags `pattern_tags[offsets[p]..offsets[p + 1]]`
-    /// (a keyword listed under several tags is one pattern).
-    offsets: Vec<u32>,
-    pattern_tags: Vec<u32>,
+    matcher: Option<Matcher>,
 }
 
 impl KeywordClassifier {
-    /// Builds the automaton from `(tag, keywords)` pairs in config order.
+    /// Builds the matcher from `(tag, keywords)` pairs in config order.
     /// The tag index used by [`TagSet`] is the position in `tags`.
     pub fn new(tags: &[(String, Vec<String>)]) -> Result<Self, String> {
         if u32::try_from(tags.len()).is_err() {
@@ -68,41 +110,21 @@ impl KeywordClassifier {
                 }
             }
         }
-
-        let mut offsets = Vec::with_capacity(tags_of.len() + 1);
-        let mut pattern_tags = Vec::with_capacity(tags_of.len());
-        offsets.push(0u32);
-        for owners in &tags_of {
-            pattern_tags.extend_from_slice(owners);
-            let end =
-                u32::try_from(pattern_tags.len()).map_err(|_| "too many keywords".to_string())?;
-            offsets.push(end);
-        }
-
-        let automaton = if patterns.is_empty() {
+        let matcher = if patterns.is_empty() {
             None
         } else {
-            // The crate picks a DFA for small keyword sets and a contiguous
-            // NFA beyond (~100 keywords), which keeps memory sane at 10 000.
-            let built = AhoCorasick::builder()
-                .match_kind(MatchKind::Standard)
-                .ascii_case_insensitive(true)
-                .build(&patterns)
-                .map_err(|e| format!("cannot build the keyword automaton: {e}"))?;
-            Some(built)
+            Some(Matcher::new(&patterns, &tags_of)?)
         };
-
         Ok(Self {
             tags: tags.iter().map(|(name, _)| name.clone()).collect(),
-            automaton,
-            offsets,
-            pattern_tags,
+            matcher,
         })
     }
 
-    /// Heap bytes the automaton uses (benches report it).
+    /// Heap bytes the matcher uses: filters, table and keyword bytes (benches
+    /// report it).
     pub fn memory_usage(&self) -> usize {
-        self.automaton.as_ref().map_or(0, AhoCorasick::memory_usage)
+        self.matcher.as_ref().map_or(0, Matcher::memory_usage)
     }
 
     /// Tag names in config order; a [`TagSet`] index is a position here.
@@ -121,35 +143,418 @@ impl KeywordClassifier {
     /// span, with the same `hits`, so a keyword never matches across two
     /// spans. Returns early once every tag is hit.
     pub fn scan(&self, text: &[u8], hits: &mut TagSet) {
-        let Some(automaton) = &self.automaton else {
+        let Some(matcher) = &self.matcher else {
             return;
         };
-        let mut missing = self.tags.len().saturating_sub(hits.len());
+        let missing = self.tags.len().saturating_sub(hits.len());
         if missing == 0 || text.is_empty() {
             return;
         }
-        // Standard match kind + overlapping iteration reports every keyword
-        // occurrence, so no keyword hides an overlapping one of another tag.
-        let Ok(matches) = automaton.try_find_overlapping_iter(text) else {
+        let mut found = Found { hits, missing };
+        match matcher.classes.len() {
+            1 => matcher.scan::<1>(text, &mut found),
+            2 => matcher.scan::<2>(text, &mut found),
+            _ => matcher.scan::<3>(text, &mut found),
+        }
+    }
+}
+
+/// Low five bits of each byte: the part of an ASCII letter that does not
+/// depend on its case (`A` = 0x41, `a` = 0x61).
+const LOW5: u64 = 0x1f1f_1f1f_1f1f_1f1f;
+
+/// Key width (bytes) of each tier; see [`tier`].
+const KEY_WIDTHS: [usize; 3] = [2, 4, 6];
+
+/// Hash multipliers (odd, random), one per tier.
+const MULTIPLIERS: [u64; 3] = [
+    0xf2a7_4de4_52e6_b439,
+    0x6513_270e_269e_0d37,
+    0xd23f_0824_128b_2f33,
+];
+/// Hash multiplier of keyword heads (odd, random).
+const HEAD_MULTIPLIER: u64 = 0x9531_985d_5d9d_c9f9;
+
+/// Filter bits per key: about 1 false pass in 64 per probe when full.
+const FILTER_BITS_PER_KEY: usize = 64;
+/// log2 of the filter's bits: 4 KiB (always in L1) to 256 KiB.
+const FILTER_LOG2: (u32, u32) = (15, 21);
+
+/// The tier of a keyword of `len` bytes: 1–2, 3–4, 5 and more.
+fn tier(len: usize) -> usize {
+    match len {
+        0..=2 => 0,
+        3..=4 => 1,
+        _ => 2,
+    }
+}
+
+/// All keywords, as filters and a table (see the module doc).
+#[derive(Debug, Clone)]
+struct Matcher {
+    /// One filter probe per tier present, in tier order.
+    classes: Vec<Class>,
+    /// Bit `hash >> 58` of word `hash >> 32` (masked) is set for the hash of
+    /// every key.
+    filter: Vec<u64>,
+    /// Same words as `filter`: two bits per key, from the hash of its
+    /// keyword's head (the low five bits of its first `min(len, 8)` bytes).
+    heads_filter: Vec<u64>,
+    /// `LOW5` masked to the first `min(len, 8)` bytes, for each keyword
+    /// length `len` present.
+    head_masks: Vec<u64>,
+    /// Keyword heads by key: a key's home bucket is `hash >> bucket_shift`;
+    /// at most half the slots are used.
+    buckets: Vec<Bucket>,
+    bucket_shift: u32,
+    /// Bit `b`: a key went past bucket `b` (full) to the next one.
+    overflow: Vec<u64>,
+    /// The pattern of each bucket slot (`bucket * 4 + slot`).
+    entries: Vec<u32>,
+    /// Pattern `p` is `keywords[starts[p]..starts[p + 1]]`, and belongs to the
+    /// tags `pattern_tags[tag_at[p]..tag_at[p + 1]]` (a keyword listed under
+    /// several tags is one pattern).
+    keywords: Vec<u8>,
+    starts: Vec<u32>,
+    tag_at: Vec<u32>,
+    pattern_tags: Vec<u32>,
+}
+
+/// A filter probe: the key of the window at a position is `window & mask`.
+#[derive(Debug, Clone, Copy)]
+struct Class {
+    mask: u64,
+    multiplier: u64,
+}
+
+impl Class {
+    #[inline(always)]
+    fn hash(&self, window: u64) -> u64 {
+        (window & self.mask).wrapping_mul(self.multiplier)
+    }
+}
+
+/// Four keyword heads (first eight bytes, little-endian, zero-padded): an
+/// ASCII-folded window `w` matches slot `s` when `w & masks[s] == heads[s]`.
+/// One cache line.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Bucket {
+    heads: [u64; 4],
+    masks: [u64; 4],
+}
+
+impl Bucket {
+    /// Empty slots match no window (`w & 0 != u64::MAX`); slots fill in order.
+    const EMPTY: Bucket = Bucket {
+        heads: [u64::MAX; 4],
+        masks: [0; 4],
+    };
+}
+
+/// Tags hit so far in one [`KeywordClassifier::scan`].
+struct Found<'h> {
+    hits: &'h mut TagSet,
+    /// Tags not hit yet; the scan stops at 0.
+    missing: usize,
+}
+
+/// Word index of a hash in `filter` and `heads_filter` (before masking).
+#[inline(always)]
+fn filter_word(hash: u64) -> usize {
+    (hash >> 32) as usize
+}
+
+/// The two bits of a head hash in its `heads_filter` word.
+#[inline(always)]
+fn head_bits(head_hash: u64) -> u64 {
+    1 << (head_hash >> 58) | 1 << (head_hash >> 52 & 63)
+}
+
+/// Mask of the first `n` bytes of a little-endian word.
+fn first_bytes(n: usize) -> u64 {
+    match n {
+        0 => 0,
+        8.. => u64::MAX,
+        n => u64::MAX >> (8 * (8 - n)),
+    }
+}
+
+/// The first (up to) eight bytes as a little-endian word, zero-padded.
+fn word(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .take(8)
+        .enumerate()
+        .fold(0, |w, (i, &b)| w | u64::from(b) << (8 * i))
+}
+
+/// ASCII uppercase letters of every byte to lowercase (SWAR; other bytes,
+/// non-ASCII included, unchanged).
+fn fold_ascii(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let seven = w & (0x7f * ONES);
+    let at_least_a = seven.wrapping_add((0x80 - u64::from(b'A')) * ONES);
+    let above_z = seven.wrapping_add((0x7f - u64::from(b'Z')) * ONES);
+    let upper = at_least_a & !above_z & !w & (0x80 * ONES);
+    w | upper >> 2
+}
+
+impl Matcher {
+    /// `patterns`: distinct, lowercased, non-empty keywords; `tags_of[p]`:
+    /// the tags of pattern `p`.
+    fn new(patterns: &[String], tags_of: &[Vec<u32>]) -> Result<Self, String> {
+        let too_many = |_| "too many keywords".to_string();
+        let mut tag_at = Vec::with_capacity(tags_of.len() + 1);
+        let mut pattern_tags = Vec::with_capacity(tags_of.len());
+        tag_at.push(0u32);
+        for owners in tags_of {
+            pattern_tags.extend_from_slice(owners);
+            tag_at.push(u32::try_from(pattern_tags.len()).map_err(too_many)?);
+        }
+
+        let mut present = [false; 3];
+        for p in patterns {
+            present[tier(p.len())] = true;
+        }
+        let mut class_of = [0; 3];
+        let mut classes = Vec::new();
+        for (t, &width) in KEY_WIDTHS.iter().enumerate() {
+            if present[t] {
+                class_of[t] = classes.len();
+                classes.push(Class {
+                    mask: LOW5 & first_bytes(width),
+                    multiplier: MULTIPLIERS[t],
+                });
+            }
+        }
+
+        // Every key: (hash, head hash, head, head mask, pattern).
+        let mut keys: Vec<(u64, u64, u64, u64, u32)> = Vec::with_capacity(patterns.len());
+        let mut head_masks = Vec::new();
+        let mut keywords = Vec::new();
+        let mut starts = Vec::with_capacity(patterns.len() + 1);
+        starts.push(0u32);
+        for (id, p) in patterns.iter().enumerate() {
+            let id = u32::try_from(id).map_err(too_many)?;
+            let bytes = p.as_bytes();
+            let t = tier(bytes.len());
+            let (class, width) = (classes[class_of[t]], KEY_WIDTHS[t]);
+            let head = word(bytes);
+            let mask = first_bytes(bytes.len());
+            let head_mask = LOW5 & mask;
+            if !head_masks.contains(&head_mask) {
+                head_masks.push(head_mask);
+            }
+            let head_hash = (head & head_mask).wrapping_mul(HEAD_MULTIPLIER);
+            // A keyword shorter than its key (1, 3 or 5 bytes): every value of
+            // the next byte's five low bits.
+            let known = bytes.len().min(width);
+            for v in 0..1u64 << (5 * (width - known)) {
+                let key = head & class.mask | v << (8 * known);
+                keys.push((class.hash(key), head_hash, head, mask, id));
+            }
+            keywords.extend_from_slice(bytes);
+            starts.push(u32::try_from(keywords.len()).map_err(too_many)?);
+        }
+
+        let filter_log2 = (keys.len() * FILTER_BITS_PER_KEY)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(FILTER_LOG2.0, FILTER_LOG2.1);
+        let mut filter = vec![0u64; 1 << (filter_log2 - 6)];
+        let mut heads_filter = vec![0u64; filter.len()];
+        let word_mask = filter.len() - 1;
+        // At least two slots per key, and two buckets.
+        let buckets_log2 = keys
+            .len()
+            .div_ceil(2)
+            .next_power_of_two()
+            .max(2)
+            .trailing_zeros();
+        let bucket_shift = 64 - buckets_log2;
+        let mut buckets = vec![Bucket::EMPTY; 1 << buckets_log2];
+        let mut overflow = vec![0u64; buckets.len().div_ceil(64)];
+        let mut entries = vec![u32::MAX; buckets.len() * 4];
+        let bucket_mask = buckets.len() - 1;
+        for (hash, head_hash, head, mask, id) in keys {
+            let w = filter_word(hash) & word_mask;
+            filter[w] |= 1 << (hash >> 58);
+            heads_filter[w] |= head_bits(head_hash);
+            let mut b = (hash >> bucket_shift) as usize;
+            for _ in 0..buckets.len() {
+                let bucket = &mut buckets[b];
+                if let Some(s) = bucket.masks.iter().position(|&m| m == 0) {
+                    bucket.heads[s] = head;
+                    bucket.masks[s] = mask;
+                    entries[b * 4 + s] = id;
+                    break;
+                }
+                overflow[b / 64] |= 1 << (b % 64);
+                b = (b + 1) & bucket_mask;
+            }
+        }
+
+        Ok(Self {
+            classes,
+            filter,
+            heads_filter,
+            head_masks,
+            buckets,
+            bucket_shift,
+            overflow,
+            entries,
+            keywords,
+            starts,
+            tag_at,
+            pattern_tags,
+        })
+    }
+
+    fn memory_usage(&self) -> usize {
+        use std::mem::size_of;
+        self.classes.capacity() * size_of::<Class>()
+            + (self.filter.capacity()
+                + self.heads_filter.capacity()
+                + self.head_masks.capacity()
+                + self.overflow.capacity())
+                * size_of::<u64>()
+            + self.buckets.capacity() * size_of::<Bucket>()
+            + self.keywords.capacity()
+            + (self.entries.capacity()
+                + self.starts.capacity()
+                + self.tag_at.capacity()
+                + self.pattern_tags.capacity())
+                * size_of::<u32>()
+    }
+
+    /// Probes the filter with the `N` classes at every position of `text`,
+    /// and confirms the positions that pass.
+    fn scan<const N: usize>(&self, text: &[u8], found: &mut Found<'_>) {
+        let Some(&classes) = self.classes.first_chunk::<N>() else {
             return;
         };
-        for m in matches {
-            let p = m.pattern().as_usize();
-            let (Some(&start), Some(&end)) = (self.offsets.get(p), self.offsets.get(p + 1)) else {
-                continue;
-            };
-            let Some(owners) = self.pattern_tags.get(start as usize..end as usize) else {
-                continue;
-            };
-            for &tag in owners {
-                if hits.insert(tag as usize) {
-                    missing = missing.saturating_sub(1);
-                }
+        let filter = self.filter.as_slice();
+        let word_mask = filter.len() - 1;
+        let passes = |window: u64| {
+            let mut any = false;
+            for c in &classes {
+                let hash = c.hash(window);
+                any |= filter[filter_word(hash) & word_mask] >> (hash >> 58) & 1 != 0;
             }
-            if missing == 0 {
+            any
+        };
+        for (p, window) in text.windows(8).enumerate() {
+            let Some(&bytes) = window.first_chunk::<8>() else {
+                break;
+            };
+            let w = u64::from_le_bytes(bytes);
+            if passes(w) && self.confirm(text, p, w, found) {
                 return;
             }
         }
+        // The last seven positions (or all, in a shorter span): the window
+        // runs past the end, zero-padded.
+        for p in text.len().saturating_sub(7)..text.len() {
+            let w = word(text.get(p..).unwrap_or_default());
+            if passes(w) && self.confirm(text, p, w, found) {
+                return;
+            }
+        }
+    }
+
+    /// Finds the keywords at `p` (`w`: the window there) and adds their tags;
+    /// true once every tag is hit. Out of line: the scan loop stays small.
+    #[inline(never)]
+    fn confirm(&self, text: &[u8], p: usize, w: u64, found: &mut Found<'_>) -> bool {
+        let word_mask = self.filter.len() - 1;
+        let bucket_mask = self.buckets.len() - 1;
+        let folded = fold_ascii(w);
+        for c in &self.classes {
+            let hash = c.hash(w);
+            let heads = self
+                .heads_filter
+                .get(filter_word(hash) & word_mask)
+                .copied()
+                .unwrap_or(0);
+            let some_head = self.head_masks.iter().any(|&m| {
+                let bits = head_bits((w & m).wrapping_mul(HEAD_MULTIPLIER));
+                heads & bits == bits
+            });
+            if !some_head {
+                continue;
+            }
+            let mut b = (hash >> self.bucket_shift) as usize;
+            for _ in 0..self.buckets.len() {
+                let Some(bucket) = self.buckets.get(b) else {
+                    break;
+                };
+                let mut hit = 0;
+                for s in 0..4 {
+                    hit |= u32::from(folded & bucket.masks[s] == bucket.heads[s]) << s;
+                }
+                if hit != 0 && self.verify(text, p, b * 4, hit, found) {
+                    return true;
+                }
+                if self
+                    .overflow
+                    .get(b / 64)
+                    .is_none_or(|o| o >> (b % 64) & 1 == 0)
+                {
+                    break;
+                }
+                b = (b + 1) & bucket_mask;
+            }
+        }
+        false
+    }
+
+    /// The keywords of the slots `first + s` (each bit `s` of `hit`, their
+    /// heads match at `p`): adds the tags of those that occur at `p`. True
+    /// once every tag is hit.
+    #[cold]
+    #[inline(never)]
+    fn verify(
+        &self,
+        text: &[u8],
+        p: usize,
+        first: usize,
+        mut hit: u32,
+        found: &mut Found<'_>,
+    ) -> bool {
+        while hit != 0 {
+            let slot = first + hit.trailing_zeros() as usize;
+            hit &= hit - 1;
+            let Some(&id) = self.entries.get(slot) else {
+                continue;
+            };
+            let pattern = id as usize;
+            let keyword = self
+                .starts
+                .get(pattern..pattern + 2)
+                .and_then(|r| self.keywords.get(r[0] as usize..r[1] as usize));
+            let occurs = keyword.is_some_and(|k| {
+                text.get(p..p + k.len())
+                    .is_some_and(|t| t.eq_ignore_ascii_case(k))
+            });
+            if !occurs {
+                continue;
+            }
+            let owners = self
+                .tag_at
+                .get(pattern..pattern + 2)
+                .and_then(|r| self.pattern_tags.get(r[0] as usize..r[1] as usize))
+                .unwrap_or_default();
+            for &tag in owners {
+                if found.hits.insert(tag as usize) {
+                    found.missing = found.missing.saturating_sub(1);
+                }
+            }
+            if found.missing == 0 {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -402,5 +807,295 @@ mod tests {
         assert!(!s.contains(200));
         assert!(s.insert(200));
         assert_eq!((&s).into_iter().collect::<Vec<_>>(), [200]);
+    }
+
+    // ---- Edges of the filter: span ends, short spans, zero padding --------
+
+    #[test]
+    fn keywords_at_span_edges_and_in_short_spans() {
+        // Every length around the key widths (2, 4, 6 bytes; 1, 3 and 5 are
+        // entered under 32 keys) and the 8-byte heads.
+        let letters = "abcdefghijklmnop";
+        for len in 1..=12 {
+            let kw = &letters[..len];
+            let c = KeywordClassifier::new(&tags(&[("t", &[kw])])).unwrap();
+            let upper = kw.to_ascii_uppercase();
+            for span in [
+                kw.to_string(),
+                upper.clone(),
+                format!("xx{kw}"),
+                format!("{kw}yy"),
+                format!("x{upper}y"),
+                format!("0123456789{kw}"),
+                format!("{upper}0123456789"),
+            ] {
+                assert_eq!(classify(&c, &[&span]), ["t"], "{kw:?} in {span:?}");
+            }
+            // One byte short, at either end, or split over two spans.
+            let (head, tail) = (&kw[..len - 1], &kw[1..]);
+            for span in [head, tail, &format!("xx{head}"), &format!("{tail}yy")] {
+                assert!(classify(&c, &[span]).is_empty(), "{kw:?} in {span:?}");
+            }
+            if len > 1 {
+                assert!(classify(&c, &[head, &kw[len - 1..]]).is_empty(), "{kw:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_padding_and_odd_bytes_never_match() {
+        // Past the end of a span the window is zero-padded: a keyword ending
+        // in NUL must not match a span that ends just before its NUL.
+        let c = KeywordClassifier::new(&tags(&[
+            ("nul", &["ab\0"]),
+            ("long", &["abcdefgh\0"]),
+            ("x", &["x"]),
+        ]))
+        .unwrap();
+        for span in ["ab", "zab", "abcdefgh", "zzabcdefgh"] {
+            assert!(classify(&c, &[span]).is_empty(), "{span:?}");
+        }
+        assert_eq!(classify(&c, &["zAB\0"]), ["nul"]);
+        assert_eq!(classify(&c, &["zABCDEFGH\0"]), ["long"]);
+        // Bytes that are not UTF-8, or zeros: nothing matches (empty table
+        // slots included).
+        let mut hits = TagSet::new();
+        c.scan(&[0xff; 20], &mut hits);
+        c.scan(&[0; 20], &mut hits);
+        c.scan(&[0xff; 3], &mut hits);
+        assert!(hits.is_empty());
+    }
+
+    #[test]
+    fn only_ascii_letters_are_folded() {
+        // Each pair differs by 0x20, the bit case folding flips, and has the
+        // same five low bits (the filter's key): only the exact comparison
+        // tells them apart.
+        for (a, b) in [
+            ('@', '`'),
+            ('[', '{'),
+            ('\\', '|'),
+            (']', '}'),
+            ('^', '~'),
+            ('_', '\x7f'),
+        ] {
+            let (ka, kb) = (format!("x{a}y"), format!("x{b}y"));
+            let c = KeywordClassifier::new(&tags(&[("a", &[ka.as_str()]), ("b", &[kb.as_str()])]))
+                .unwrap();
+            assert_eq!(classify(&c, &[&format!("-X{a}Y-")]), ["a"], "{a:?}");
+            assert_eq!(classify(&c, &[&format!("-x{b}y-")]), ["b"], "{b:?}");
+        }
+        let c = KeywordClassifier::new(&tags(&[("z", &["z"]), ("a", &["a"])])).unwrap();
+        assert_eq!(classify(&c, &["Z"]), ["z"]);
+        assert_eq!(classify(&c, &["A"]), ["a"]);
+        assert!(classify(&c, &["@[`{"]).is_empty());
+    }
+
+    // ---- Randomized equivalence with a straightforward reference ----------
+
+    /// xorshift64*: deterministic pseudo-random numbers, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// The matching rules, spelled out: keywords lowercased, each span
+    /// ASCII-lowercased (a copy), then a substring search per keyword.
+    fn reference(spec: &[(String, Vec<String>)], spans: &[Vec<u8>]) -> Vec<usize> {
+        let spans: Vec<Vec<u8>> = spans.iter().map(|s| s.to_ascii_lowercase()).collect();
+        let occurs = |keyword: &str| {
+            let k = keyword.to_lowercase();
+            let k = k.as_bytes();
+            !k.is_empty() && spans.iter().any(|s| s.windows(k.len()).any(|w| w == k))
+        };
+        spec.iter()
+            .enumerate()
+            .filter(|(_, (_, keywords))| keywords.iter().any(|k| occurs(k)))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn scan_spans(c: &KeywordClassifier, spans: &[Vec<u8>]) -> Vec<usize> {
+        let mut hits = TagSet::new();
+        for span in spans {
+            c.scan(span, &mut hits);
+        }
+        hits.iter().collect()
+    }
+
+    /// Few distinct letters (keywords overlap and share prefixes), separators,
+    /// a NUL, and non-ASCII letters in both cases.
+    const PIECES: &[&str] = &[
+        "a", "b", "c", "d", "e", "ab", "ba", "abc", " ", "-", ".", "\0", "é", "É", "été", "ü", "Z",
+        "@", "`", "[", "{",
+    ];
+
+    fn random_case(rng: &mut Rng, s: &str) -> String {
+        s.chars()
+            .map(|ch| match rng.below(3) {
+                0 => ch.to_ascii_uppercase(),
+                1 => ch.to_ascii_lowercase(),
+                _ => ch,
+            })
+            .collect()
+    }
+
+    /// A keyword of 1 to `max_len` bytes (cut at a char boundary).
+    fn random_keyword(rng: &mut Rng, pieces: &[&str], max_len: usize) -> String {
+        let len = 1 + rng.below(max_len);
+        let mut k = String::new();
+        while k.len() < len {
+            k.push_str(pieces[rng.below(pieces.len())]);
+        }
+        let mut cut = len;
+        while !k.is_char_boundary(cut) {
+            cut += 1;
+        }
+        k.truncate(cut);
+        random_case(rng, &k)
+    }
+
+    /// Up to `max_len` bytes: whole keywords and pieces of keywords in random
+    /// ASCII case, and separators; sometimes cut at any byte.
+    fn random_span(rng: &mut Rng, keywords: &[&String], max_len: usize) -> Vec<u8> {
+        let target = rng.below(max_len + 1);
+        let mut s = String::new();
+        while s.len() < target {
+            if keywords.is_empty() || rng.below(3) == 0 {
+                s.push_str(PIECES[rng.below(PIECES.len())]);
+                continue;
+            }
+            let chars: Vec<char> = keywords[rng.below(keywords.len())].chars().collect();
+            let piece: String = if rng.below(2) == 0 {
+                chars.iter().collect()
+            } else {
+                let from = rng.below(chars.len());
+                let to = from + 1 + rng.below(chars.len() - from);
+                chars[from..to].iter().collect()
+            };
+            s.push_str(&random_case(rng, &piece));
+        }
+        let mut bytes = s.into_bytes();
+        if rng.below(4) == 0 {
+            bytes.truncate(rng.below(bytes.len() + 1));
+        }
+        bytes
+    }
+
+    fn random_spec(
+        rng: &mut Rng,
+        tags: usize,
+        per_tag: usize,
+        max_len: usize,
+    ) -> Vec<(String, Vec<String>)> {
+        let mut spec: Vec<(String, Vec<String>)> = Vec::new();
+        for t in 0..tags {
+            let mut keywords = Vec::new();
+            for _ in 0..rng.below(per_tag + 1) {
+                let shared = spec.iter().flat_map(|(_, k)| k).count();
+                keywords.push(match rng.below(10) {
+                    // The same keyword under another tag, in another case.
+                    0 if shared > 0 => {
+                        let k = spec.iter().flat_map(|(_, k)| k).nth(rng.below(shared));
+                        random_case(rng, k.map_or("", String::as_str))
+                    }
+                    1 => String::new(),
+                    _ => random_keyword(rng, PIECES, max_len),
+                });
+            }
+            spec.push((format!("t{t}"), keywords));
+        }
+        spec
+    }
+
+    #[test]
+    fn random_keyword_sets_match_the_reference() {
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut hit_counts = 0;
+        for round in 0..3000 {
+            // Up to 70 tags: indices past 63 live in the heap tail.
+            let n_tags = 1 + rng.below(if round % 10 == 0 { 70 } else { 8 });
+            let spec = random_spec(&mut rng, n_tags, 5, 20);
+            let c = KeywordClassifier::new(&spec).unwrap();
+            let keywords: Vec<&String> = spec
+                .iter()
+                .flat_map(|(_, k)| k)
+                .filter(|k| !k.is_empty())
+                .collect();
+            for _ in 0..4 {
+                let n_spans = 1 + rng.below(3);
+                let spans: Vec<Vec<u8>> = (0..n_spans)
+                    .map(|_| random_span(&mut rng, &keywords, 40))
+                    .collect();
+                let want = reference(&spec, &spans);
+                assert_eq!(
+                    scan_spans(&c, &spans),
+                    want,
+                    "round {round}: {spec:?} {spans:?}"
+                );
+                hit_counts += want.len();
+            }
+        }
+        // The generator makes both hits and misses.
+        assert!(hit_counts > 3000, "{hit_counts}");
+    }
+
+    #[test]
+    fn ten_thousand_random_keywords_match_the_reference() {
+        let mut rng = Rng(0x5eed_1234_abcd_0002);
+        // More letters than `PIECES`: 10,000 keywords of 1–20 bytes over 250
+        // tags, mostly distinct, some shared, a few of 1–2 bytes.
+        let letters: Vec<String> = (b'a'..=b'z')
+            .map(|b| char::from(b).to_string())
+            .chain(["é", "ü", " ", "-"].map(String::from))
+            .collect();
+        let pieces: Vec<&str> = letters.iter().map(String::as_str).collect();
+        let spec: Vec<(String, Vec<String>)> = (0..250)
+            .map(|t| {
+                let keywords = (0..40)
+                    .map(|_| {
+                        let max_len = if rng.below(50) == 0 { 2 } else { 20 };
+                        let k = random_keyword(&mut rng, &pieces, max_len);
+                        // Ends as it starts: more overlaps between keywords.
+                        let first = k.chars().next().unwrap_or('a');
+                        if k.len() < 3 {
+                            k
+                        } else {
+                            format!("{k}{first}")
+                        }
+                    })
+                    .collect();
+                (format!("t{t}"), keywords)
+            })
+            .collect();
+        let c = KeywordClassifier::new(&spec).unwrap();
+        assert!(c.memory_usage() > 0);
+        let keywords: Vec<&String> = spec
+            .iter()
+            .flat_map(|(_, k)| k)
+            .filter(|k| k.len() > 2)
+            .collect();
+        for round in 0..6 {
+            let spans: Vec<Vec<u8>> = (0..3)
+                .map(|_| random_span(&mut rng, &keywords, 600))
+                .collect();
+            let want = reference(&spec, &spans);
+            assert!(
+                !want.is_empty() && want.len() < spec.len(),
+                "round {round}: {}",
+                want.len()
+            );
+            assert_eq!(scan_spans(&c, &spans), want, "round {round}");
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! Classifiers (docs/routing.md): request classifiers add tags before routing,
 //! response classifiers tag the reply (also while it streams).
 //!
-//! - [`KeywordClassifier`] (`[classifiers.keyword]`): one Aho-Corasick
-//!   automaton over every keyword of every tag, built once per config
-//!   snapshot on the control thread, run once over each text span of a
-//!   request. Its cost depends on the text length, not on the number of
-//!   keywords; hits land in a [`TagSet`] (a bitset, no heap for ≤ 64 tags).
+//! - [`KeywordClassifier`] (`[classifiers.keyword]`): a filter over hashed
+//!   text windows and a table of keyword heads, over every keyword of every
+//!   tag, built once per config snapshot on the control thread, run once over
+//!   each text span of a request. Its cost per byte barely grows with the
+//!   number of keywords (see `keyword.rs`); hits land in a [`TagSet`] (a
+//!   bitset, no heap for ≤ 64 tags).
 //! - [`RefusalClassifier`] (`[response_classifiers.refusal]`): a phrase
 //!   automaton whose search state is carried across the chunks of a streamed
 //!   reply in a [`RefusalScan`] (a few bytes, no buffer, no allocation).
