@@ -65,7 +65,10 @@ pub async fn send(
             None => {
                 let tls = core.tls[pidx].as_ref().map(|c| (c, sni));
                 let connect_timeout = Duration::from_millis(server.connect_timeout_ms);
-                match crate::upstream::connect(target, connect_timeout, tls).await {
+                // Boxed: a connect (TLS handshake included) is ~3 KB of
+                // state, needed once per new connection; inline it would sit
+                // in every request's task for as long as the request lives.
+                match Box::pin(crate::upstream::connect(target, connect_timeout, tls)).await {
                     Ok(s) => (s, false),
                     Err(e) => {
                         return Err(RouterError::upstream_connect(

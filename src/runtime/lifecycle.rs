@@ -383,8 +383,10 @@ async fn chat(
     let reparsed;
     let (parsed, body): (&Parsed, &[u8]) = match &new_body {
         Some(b) => {
-            reparsed = parse::parse_client(client, b, &mut conn.json_scratch)?;
-            (&reparsed, b)
+            // Boxed: only plugin-rewritten requests have one, and inline it
+            // would sit in every request's (and held stream's) task.
+            reparsed = Box::new(parse::parse_client(client, b, &mut conn.json_scratch)?);
+            (&*reparsed, b)
         }
         None => (&parsed, req.body),
     };

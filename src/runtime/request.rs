@@ -3,10 +3,12 @@
 //! ([`Request`]), and how the connection goes on afterwards ([`Next`]).
 
 use std::io;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
+use monoio::time::Sleep;
 
 use crate::http::RequestHead;
 
@@ -27,6 +29,8 @@ pub struct ClientConn {
     pub http10: bool,
     /// `[server] write_timeout_ms`.
     pub write_timeout: Duration,
+    /// The write timeout's timer, made at the first write (see `flush`).
+    write_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl ClientConn {
@@ -40,6 +44,7 @@ impl ClientConn {
             json_scratch: Vec::new(),
             http10: false,
             write_timeout,
+            write_timer: None,
         }
     }
 
@@ -51,13 +56,30 @@ impl ClientConn {
             return Ok(());
         }
         let buf = std::mem::take(&mut self.out);
-        match monoio::time::timeout(self.write_timeout, self.stream.write_all(buf)).await {
-            Ok((r, mut buf)) => {
+        // One timer per connection, re-armed for each write: a `Sleep` is
+        // 640 bytes (128-aligned) that would otherwise sit inline in every
+        // request's task, held streams included.
+        let deadline = monoio::time::Instant::now() + self.write_timeout;
+        let timer = match &mut self.write_timer {
+            Some(t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => self
+                .write_timer
+                .insert(Box::pin(monoio::time::sleep_until(deadline))),
+        };
+        let written = monoio::select! {
+            done = self.stream.write_all(buf) => Some(done),
+            _ = timer.as_mut() => None,
+        };
+        match written {
+            Some((r, mut buf)) => {
                 buf.clear();
                 self.out = buf;
                 r.map(|_| ())
             }
-            Err(_) => Err(io::Error::new(
+            None => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "client stopped reading",
             )),

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use monoio::time::Sleep;
 
 use super::request::ClientConn;
 use super::shutdown::Shutdown;
@@ -169,19 +170,20 @@ impl Armed {
         timeout: Duration,
     ) -> Wait<(io::Result<usize>, Vec<u8>)> {
         let read = upstream.read(self.spare_for(buf, READ_SPARE));
-        let sleep = monoio::time::sleep(timeout);
-        let (mut read, mut sleep) = (std::pin::pin!(read), std::pin::pin!(sleep));
+        // Boxed for the same reason as `read_stream`'s timer (task size).
+        let mut sleep = Box::pin(monoio::time::sleep(timeout));
+        let mut read = std::pin::pin!(read);
         loop {
             let ev = match self.poll() {
                 Some(poll) => monoio::select! {
                     r = &mut read => Ev::Read(r),
-                    _ = &mut sleep => Ev::Slept,
+                    _ = sleep.as_mut() => Ev::Slept,
                     r = poll.as_mut() => Ev::Client(r),
                     _ = shutdown.wait() => Ev::Shutdown,
                 },
                 None => monoio::select! {
                     r = &mut read => Ev::Read(r),
-                    _ = &mut sleep => Ev::Slept,
+                    _ = sleep.as_mut() => Ev::Slept,
                     _ = shutdown.wait() => Ev::Shutdown,
                 },
             };
@@ -214,7 +216,10 @@ impl Armed {
     /// `bytes` (an SSE comment, already framed) to the client. The upstream
     /// read stays posted while the comment is written, so no upstream byte
     /// is lost to a tick; a client write that fails or makes no progress for
-    /// `write_timeout` means the client is gone.
+    /// `write_timeout` means the client is gone. `timer` is the stream's
+    /// one wait timer, re-armed for each wait: boxed, because a `Sleep` is
+    /// 640 bytes (128-aligned) that would otherwise sit inline in every held
+    /// stream's task.
     #[allow(clippy::too_many_arguments)]
     pub async fn read_stream<R: AsyncReadRent>(
         &mut self,
@@ -225,6 +230,7 @@ impl Armed {
         idle: Duration,
         keepalive: Option<(Duration, &'static [u8])>,
         write_timeout: Duration,
+        timer: &mut Pin<Box<Sleep>>,
     ) -> Wait<(io::Result<usize>, Vec<u8>)> {
         let mut read = std::pin::pin!(upstream.read(self.spare_for(buf, self.stream_spare)));
         let deadline = Instant::now() + idle;
@@ -237,16 +243,17 @@ impl Armed {
                 Some((every, bytes)) if every < left => (every, Some(bytes)),
                 _ => (left, None),
             };
+            timer.as_mut().reset(monoio::time::Instant::now() + wait);
             let ev = match self.poll() {
                 Some(poll) => monoio::select! {
                     r = &mut read => Ev::Read(r),
-                    _ = monoio::time::sleep(wait) => Ev::Slept,
+                    _ = timer.as_mut() => Ev::Slept,
                     r = poll.as_mut() => Ev::Client(r),
                     _ = shutdown.wait() => Ev::Shutdown,
                 },
                 None => monoio::select! {
                     r = &mut read => Ev::Read(r),
-                    _ = monoio::time::sleep(wait) => Ev::Slept,
+                    _ = timer.as_mut() => Ev::Slept,
                     _ = shutdown.wait() => Ev::Shutdown,
                 },
             };
@@ -256,7 +263,12 @@ impl Armed {
                     let Some(bytes) = tick else {
                         return Wait::TimedOut;
                     };
-                    match monoio::time::timeout(write_timeout, client.write_all(bytes)).await {
+                    // Boxed: a keep-alive tick is rare, its timeout future large.
+                    let write = Box::pin(monoio::time::timeout(
+                        write_timeout,
+                        client.write_all(bytes),
+                    ));
+                    match write.await {
                         Ok((Ok(_), _)) => {}
                         _ => return Wait::ClientGone,
                     }
