@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -42,21 +42,24 @@ pub fn arm(conn: &ClientConn) -> Armed {
     Armed {
         active: true,
         client: std::ptr::from_ref(&conn.stream),
+        fd: conn.stream.as_raw_fd(),
         poll: None,
         stream_spare: STREAM_SPARE,
         given: 0,
     }
 }
 
-/// The readability poll in flight on the client (owns its descriptor).
+/// The readability poll in flight on the client.
 type ClientPoll = Pin<Box<dyn Future<Output = io::Result<()>>>>;
 
 /// An armed watch; see the module documentation.
 pub struct Armed {
-    /// Watching until pipelined bytes were seen (or without a descriptor).
+    /// Watching until pipelined bytes were seen (or [`Armed::disarm`]).
     active: bool,
-    /// The client socket (see [`arm`] and [`Armed::poll`] for why a pointer).
+    /// The client socket (see [`arm`] and [`Armed::poll`] for why a pointer)
+    /// and its descriptor number (for the peek).
     client: *const TcpStream,
+    fd: RawFd,
     poll: Option<ClientPoll>,
     /// Spare room the next stream read gets, and what the last read got.
     stream_spare: usize,
@@ -90,15 +93,15 @@ impl Armed {
             let client = self.client;
             // SAFETY: `client` points at the connection's socket, which
             // outlives this Armed (see `arm`) and does not move while the
-            // exchange borrows the connection. The poll stays in flight while
-            // the same socket is written through `&mut` (a keep-alive comment,
-            // relayed events): `readable` reads the socket only on its first
-            // poll — right below, in the same select as the upstream read,
-            // before any write — to take its own counted handle on the
-            // descriptor for the PollAdd; monoio's reads and writes of one
-            // socket run concurrently by design (`TcpStream: Split`). A
-            // second descriptor (a dup) would avoid the pointer but costs a
-            // file per connection, a third of the 10,000-stream budget.
+            // exchange borrows the connection. The poll stays posted while
+            // the same socket is written through `&mut` (relayed events, a
+            // keep-alive comment) — the sharing monoio's own `into_split`
+            // halves do for a `TcpStream` (`unsafe impl Split`): `readable`
+            // only reads the descriptor, once, on its first poll, to take
+            // its own counted handle on it for the PollAdd, and nothing
+            // writes the `TcpStream` value itself while a request is served.
+            // A second descriptor (a dup) would avoid the pointer, but costs
+            // a file per stream: a third of what 10,000 streams need.
             self.poll = Some(Box::pin(async move {
                 unsafe { &*client }.readable(false).await
             }));
@@ -112,10 +115,7 @@ impl Armed {
         if r.is_err() {
             return Seen::Gone;
         }
-        // SAFETY: as in `poll`: the socket outlives this Armed; only its
-        // descriptor number is read.
-        let fd = unsafe { &*self.client }.as_raw_fd();
-        match peek(fd) {
+        match peek(self.fd) {
             Peek::Closed => Seen::Gone,
             Peek::Data => {
                 self.active = false;
