@@ -312,6 +312,9 @@ async fn chat(
     ctx.trace = super::telemetry::begin(core, req);
     // parse: what routing needs, without touching the client's bytes.
     let parsed = parse::parse_client(client, req.body, &mut conn.json_scratch)?;
+    // The parse copy of a large request is not kept: not for a stream that
+    // may be held for minutes, nor for the connection's next request.
+    release_if_large(&mut conn.json_scratch);
     // The log quotes client input bounded.
     ctx.requested_model = Some(crate::error::quote(&parsed.model).into_owned());
     ctx.stream = parsed.stream;
@@ -604,6 +607,17 @@ async fn chat(
 /// ones); more than this are not excluded.
 const MAX_EXCLUDED: usize = 32;
 
+/// Per-connection buffers larger than this are freed after use instead of
+/// being kept for the next request (a 100 KB prompt would otherwise stay
+/// resident in every held stream and idle connection that once carried one).
+const KEEP_BUF: usize = 64 * 1024;
+
+fn release_if_large(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP_BUF {
+        *buf = Vec::new();
+    }
+}
+
 /// The rule chain with the providers already `tried` excluded, and those
 /// ejected or cooling down (passive health) too — unless that leaves no
 /// candidate: then they are tried all the same (never eject them all).
@@ -824,6 +838,9 @@ async fn upstream_call(
     let is_stream = starts(b"text/event-stream") || (ok && starts(b"application/x-ndjson"));
 
     if is_stream {
+        // Nothing is sent upstream again once a stream's head is here (no
+        // failover after it): a large upstream request is not held with it.
+        release_if_large(up_req);
         let mode = if plan.passthrough && plan.client == Format::OpenAiChat {
             StreamMode::Chat {
                 parser: SseParser::new(16 << 20),
