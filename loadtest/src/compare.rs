@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -248,18 +247,7 @@ pub(crate) fn spawn(
             fs::File::create(log.with_extension("stdout.log")).map_err(|e| e.to_string())?,
         ))
         .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe syscalls run between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if let Some(cpu) = cpu {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(cpu, &mut set);
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-            }
-            Ok(())
-        });
-    }
+    rt::child_pinned(&mut cmd, cpu);
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {name}: {e}"))?;

@@ -206,7 +206,7 @@ pub struct Pcts {
 }
 
 impl Pcts {
-    fn of(h: &Histogram<u64>) -> Pcts {
+    pub fn of(h: &Histogram<u64>) -> Pcts {
         if h.is_empty() {
             return Pcts::default();
         }

@@ -16,7 +16,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -166,19 +165,7 @@ impl Counter {
             .stderr(Stdio::from(
                 File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?,
             ));
-        let cpu = perf.cpu;
-        // SAFETY: only async-signal-safe syscalls run between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if let Some(cpu) = cpu {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                }
-                Ok(())
-            });
-        }
+        crate::rt::child_pinned(&mut cmd, perf.cpu);
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot run `{}`: {e}", perf.bin))?;

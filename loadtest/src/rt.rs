@@ -79,6 +79,24 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// Make the child that `cmd` starts die with this process (SIGKILL on the
+/// parent's exit) and, with `cpu`, run pinned to that CPU.
+pub fn child_pinned(cmd: &mut std::process::Command, cpu: Option<usize>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe syscalls run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(cpu) = cpu {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Raise the soft open-files limit to the hard limit (thousands of
 /// connections need thousands of descriptors).
 pub fn raise_nofile() {

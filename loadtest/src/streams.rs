@@ -605,8 +605,8 @@ fn phase(
         completed_ok: g.ok,
         errors_total,
         errors: g.errors,
-        event_gap_us: pcts(&g.gap),
-        first_event_us: pcts(&g.first_event),
+        event_gap_us: Pcts::of(&g.gap),
+        first_event_us: Pcts::of(&g.first_event),
         events: g.events,
         events_in_hold: g.events_in_hold,
         rss_idle_kb,
@@ -650,21 +650,6 @@ fn runq_wait_ns(pid: u32) -> u64 {
         .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .sum()
-}
-
-fn pcts(h: &Histogram<u64>) -> Pcts {
-    if h.is_empty() {
-        return Pcts::default();
-    }
-    Pcts {
-        count: h.len(),
-        mean: (h.mean() * 10.0).round() / 10.0,
-        p50: h.value_at_quantile(0.5),
-        p90: h.value_at_quantile(0.9),
-        p99: h.value_at_quantile(0.99),
-        p999: h.value_at_quantile(0.999),
-        max: h.max(),
-    }
 }
 
 // ---------------------------------------------------------------------------
