@@ -893,21 +893,7 @@ mod tests {
 
     // ---- Randomized equivalence with a straightforward reference ----------
 
-    /// xorshift64*: deterministic pseudo-random numbers, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::route::Rng;
 
     /// The matching rules, spelled out: keywords lowercased, each span
     /// ASCII-lowercased (a copy), then a substring search per keyword.
@@ -1020,7 +1006,7 @@ mod tests {
 
     #[test]
     fn random_keyword_sets_match_the_reference() {
-        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut rng = Rng::new(0x5eed_1234_abcd_0001);
         let mut hit_counts = 0;
         for round in 0..3000 {
             // Up to 70 tags: indices past 63 live in the heap tail.
@@ -1052,7 +1038,7 @@ mod tests {
 
     #[test]
     fn ten_thousand_random_keywords_match_the_reference() {
-        let mut rng = Rng(0x5eed_1234_abcd_0002);
+        let mut rng = Rng::new(0x5eed_1234_abcd_0002);
         // More letters than `PIECES`: 10,000 keywords of 1–20 bytes over 250
         // tags, mostly distinct, some shared, a few of 1–2 bytes.
         let letters: Vec<String> = (b'a'..=b'z')

@@ -144,21 +144,7 @@ mod fuzz_tests {
 
     use super::*;
 
-    /// xorshift64*: deterministic, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::route::Rng;
 
     /// Mutates a valid message: flip, insert or delete a few bytes drawn mostly from the
     /// bytes that matter to HTTP framing.
@@ -168,7 +154,7 @@ mod fuzz_tests {
         for _ in 0..=rng.below(4) {
             let at = rng.below(v.len() + 1);
             let byte = if rng.below(4) == 0 {
-                rng.next() as u8
+                rng.next_u64() as u8
             } else {
                 INTERESTING[rng.below(INTERESTING.len())]
             };
@@ -190,7 +176,7 @@ mod fuzz_tests {
             max_head_bytes: 120,
             max_headers: 5,
         };
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         for _ in 0..3000 {
             let input = mutate(&mut rng, base);
             let full = parse_request_head(&input, &lim);
@@ -214,7 +200,7 @@ mod fuzz_tests {
     fn response_heads_survive_mutation() {
         let base =
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX: y\r\n\r\nhello";
-        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut rng = Rng::new(0x1234_5678_9abc_def1);
         for _ in 0..3000 {
             let input = mutate(&mut rng, base);
             let full = parse_response_head(&input, 100);
@@ -230,7 +216,7 @@ mod fuzz_tests {
     #[test]
     fn chunked_bodies_survive_mutation_and_random_splits() {
         let base = b"5\r\nhello\r\n3;e=1\r\nabc\r\n0\r\nT: v\r\n\r\nNEXT";
-        let mut rng = Rng(0x0fed_cba9_8765_4321);
+        let mut rng = Rng::new(0x0fed_cba9_8765_4321);
         for _ in 0..3000 {
             let input = mutate(&mut rng, base);
             let whole = run_chunked(&input, &[input.len()]);

@@ -1200,22 +1200,7 @@ mod tests {
     // Robustness
     // -----------------------------------------------------------------------
 
-    /// A small deterministic xorshift64* generator: the fuzz tests must give
-    /// the same cases on every run.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
+    use crate::route::Rng;
 
     /// Valid documents whose truncations and mutations the fuzz test heals.
     const DOCUMENTS: &[&str] = &[
@@ -1281,7 +1266,7 @@ mod tests {
 
     #[test]
     fn fuzz_random_jsonish_strings() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         let mut seen = Outcomes::default();
         for _ in 0..50_000 {
             let len = rng.below(40);
@@ -1303,7 +1288,7 @@ mod tests {
 
     #[test]
     fn fuzz_mutated_documents() {
-        let mut rng = Rng(0x0123_4567_89ab_cdef);
+        let mut rng = Rng::new(0x0123_4567_89ab_cdef);
         let mut seen = Outcomes::default();
         for _ in 0..20_000 {
             let doc = DOCUMENTS[rng.below(DOCUMENTS.len())];
