@@ -140,9 +140,6 @@ pub async fn relay_stream(
     let mut pos = head.head_len;
     let mut first = true;
     let mut held = false;
-    // The stream's wait timer, made at its first wait and re-armed for each
-    // (see `Armed::read_stream`).
-    let mut timer = None;
     let outcome = 'relay: loop {
         // Decode what is buffered into payload ranges.
         ranges.clear();
@@ -280,7 +277,6 @@ pub async fn relay_stream(
                 wait,
                 keepalive,
                 write_timeout,
-                timer.get_or_insert_with(|| Box::pin(monoio::time::sleep(idle))),
             )
             .await
         {

@@ -44,6 +44,7 @@ pub fn arm(conn: &ClientConn) -> Armed {
         client: std::ptr::from_ref(&conn.stream),
         fd: conn.stream.as_raw_fd(),
         poll: None,
+        timer: None,
         stream_spare: STREAM_SPARE,
         given: 0,
     }
@@ -61,6 +62,10 @@ pub struct Armed {
     client: *const TcpStream,
     fd: RawFd,
     poll: Option<ClientPoll>,
+    /// The exchange's wait timer, made at its first wait and re-armed for
+    /// each: boxed, because a `Sleep` is 640 bytes (128-aligned) that would
+    /// otherwise sit inline in every request's — and held stream's — task.
+    timer: Option<Pin<Box<Sleep>>>,
     /// Spare room the next stream read gets, and what the last read got.
     stream_spare: usize,
     given: usize,
@@ -85,12 +90,15 @@ enum Seen {
 impl Armed {
     /// The client poll, posted on first use and kept until it fires; `None`
     /// once watching stopped.
-    fn poll(&mut self) -> Option<&mut ClientPoll> {
-        if !self.active {
+    fn posted(
+        active: bool,
+        client: *const TcpStream,
+        poll: &mut Option<ClientPoll>,
+    ) -> Option<&mut ClientPoll> {
+        if !active {
             return None;
         }
-        if self.poll.is_none() {
-            let client = self.client;
+        if poll.is_none() {
             // SAFETY: `client` points at the connection's socket, which
             // outlives this Armed (see `arm`) and does not move while the
             // exchange borrows the connection. The poll stays posted while
@@ -102,11 +110,47 @@ impl Armed {
             // writes the `TcpStream` value itself while a request is served.
             // A second descriptor (a dup) would avoid the pointer, but costs
             // a file per stream: a third of what 10,000 streams need.
-            self.poll = Some(Box::pin(async move {
+            *poll = Some(Box::pin(async move {
                 unsafe { &*client }.readable(false).await
             }));
         }
-        self.poll.as_mut()
+        poll.as_mut()
+    }
+
+    /// Wait for `read` until `deadline`, watching the client meanwhile: a
+    /// spurious wake-up or a next request's pipelined bytes keep waiting.
+    async fn wait<F: Future>(
+        &mut self,
+        mut read: Pin<&mut F>,
+        deadline: Instant,
+        shutdown: &Shutdown,
+    ) -> Ev<F::Output> {
+        let at = monoio::time::Instant::from_std(deadline);
+        loop {
+            let timer = match &mut self.timer {
+                Some(t) => {
+                    t.as_mut().reset(at);
+                    t
+                }
+                None => self.timer.insert(Box::pin(monoio::time::sleep_until(at))),
+            };
+            let fired = match Self::posted(self.active, self.client, &mut self.poll) {
+                Some(poll) => monoio::select! {
+                    r = read.as_mut() => return Ev::Read(r),
+                    _ = timer.as_mut() => return Ev::Slept,
+                    r = poll.as_mut() => r,
+                    _ = shutdown.wait() => return Ev::Shutdown,
+                },
+                None => monoio::select! {
+                    r = read.as_mut() => return Ev::Read(r),
+                    _ = timer.as_mut() => return Ev::Slept,
+                    _ = shutdown.wait() => return Ev::Shutdown,
+                },
+            };
+            if let Seen::Gone = self.fired(fired) {
+                return Ev::Gone;
+            }
+        }
     }
 
     /// The poll fired with `r`: tell a gone client from pipelined bytes.
@@ -169,34 +213,12 @@ impl Armed {
         buf: Vec<u8>,
         timeout: Duration,
     ) -> Wait<(io::Result<usize>, Vec<u8>)> {
-        let read = upstream.read(self.spare_for(buf, READ_SPARE));
-        // Boxed for the same reason as `read_stream`'s timer (task size).
-        let mut sleep = Box::pin(monoio::time::sleep(timeout));
-        let mut read = std::pin::pin!(read);
-        loop {
-            let ev = match self.poll() {
-                Some(poll) => monoio::select! {
-                    r = &mut read => Ev::Read(r),
-                    _ = sleep.as_mut() => Ev::Slept,
-                    r = poll.as_mut() => Ev::Client(r),
-                    _ = shutdown.wait() => Ev::Shutdown,
-                },
-                None => monoio::select! {
-                    r = &mut read => Ev::Read(r),
-                    _ = sleep.as_mut() => Ev::Slept,
-                    _ = shutdown.wait() => Ev::Shutdown,
-                },
-            };
-            match ev {
-                Ev::Read((r, b)) => return Wait::Done((r, b.into_inner())),
-                Ev::Slept => return Wait::TimedOut,
-                Ev::Shutdown => return Wait::Shutdown,
-                Ev::Client(r) => {
-                    if let Seen::Gone = self.fired(r) {
-                        return Wait::ClientGone;
-                    }
-                }
-            }
+        let read = std::pin::pin!(upstream.read(self.spare_for(buf, READ_SPARE)));
+        match self.wait(read, Instant::now() + timeout, shutdown).await {
+            Ev::Read((r, b)) => Wait::Done((r, b.into_inner())),
+            Ev::Slept => Wait::TimedOut,
+            Ev::Shutdown => Wait::Shutdown,
+            Ev::Gone => Wait::ClientGone,
         }
     }
 }
@@ -205,8 +227,9 @@ impl Armed {
 enum Ev<T> {
     Read(T),
     Slept,
-    Client(io::Result<()>),
     Shutdown,
+    /// The client is gone.
+    Gone,
 }
 
 impl Armed {
@@ -216,10 +239,7 @@ impl Armed {
     /// `bytes` (an SSE comment, already framed) to the client. The upstream
     /// read stays posted while the comment is written, so no upstream byte
     /// is lost to a tick; a client write that fails or makes no progress for
-    /// `write_timeout` means the client is gone. `timer` is the stream's
-    /// one wait timer, re-armed for each wait: boxed, because a `Sleep` is
-    /// 640 bytes (128-aligned) that would otherwise sit inline in every held
-    /// stream's task.
+    /// `write_timeout` means the client is gone.
     #[allow(clippy::too_many_arguments)]
     pub async fn read_stream<R: AsyncReadRent>(
         &mut self,
@@ -230,7 +250,6 @@ impl Armed {
         idle: Duration,
         keepalive: Option<(Duration, &'static [u8])>,
         write_timeout: Duration,
-        timer: &mut Pin<Box<Sleep>>,
     ) -> Wait<(io::Result<usize>, Vec<u8>)> {
         let mut read = std::pin::pin!(upstream.read(self.spare_for(buf, self.stream_spare)));
         let deadline = Instant::now() + idle;
@@ -243,20 +262,9 @@ impl Armed {
                 Some((every, bytes)) if every < left => (every, Some(bytes)),
                 _ => (left, None),
             };
-            timer.as_mut().reset(monoio::time::Instant::now() + wait);
-            let ev = match self.poll() {
-                Some(poll) => monoio::select! {
-                    r = &mut read => Ev::Read(r),
-                    _ = timer.as_mut() => Ev::Slept,
-                    r = poll.as_mut() => Ev::Client(r),
-                    _ = shutdown.wait() => Ev::Shutdown,
-                },
-                None => monoio::select! {
-                    r = &mut read => Ev::Read(r),
-                    _ = timer.as_mut() => Ev::Slept,
-                    _ = shutdown.wait() => Ev::Shutdown,
-                },
-            };
+            let ev = self
+                .wait(read.as_mut(), Instant::now() + wait, shutdown)
+                .await;
             match ev {
                 Ev::Read(r) => return Wait::Done(self.stream_done(r)),
                 Ev::Slept => {
@@ -274,11 +282,7 @@ impl Armed {
                     }
                 }
                 Ev::Shutdown => return Wait::Shutdown,
-                Ev::Client(r) => {
-                    if let Seen::Gone = self.fired(r) {
-                        return Wait::ClientGone;
-                    }
-                }
+                Ev::Gone => return Wait::ClientGone,
             }
         }
     }
