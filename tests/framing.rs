@@ -248,6 +248,52 @@ fn slow_header_is_cut_at_the_header_deadline() {
 }
 
 #[test]
+fn a_body_that_stops_arriving_is_answered_408_at_the_deadline_and_logged() {
+    let (router, up) = router_and_upstream("slowbody");
+    let mut s = router.connect();
+    // Content-Length promises the whole body; 5 bytes of it come, then nothing.
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{}",
+            BODY.len(),
+            &BODY[..5]
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    // EOF after the answer (a read timeout would fail the unwrap).
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request body not received in time"), "{text}");
+    let line = &router.log_lines(1)[0];
+    assert_eq!(line["status"], 408, "{line}");
+    assert!(up.requests().is_empty());
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_silently_at_the_idle_timeout() {
+    let up = Upstream::start();
+    let router = Router::start(
+        "idleclose",
+        &basic_config(&up.base_url(), "[[routers]]\ntype = \"fallback\"\n")
+            .replace("workers = 1", "workers = 1\nidle_timeout_ms = 300"),
+    );
+    let mut s = router.connect();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    // The answer, then EOF once the connection sat idle (a read timeout
+    // would fail the unwrap): nothing is written on the idle close.
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("\r\n\r\nok"), "only the one answer: {text}");
+    assert_eq!(router.log_lines(1).len(), 1);
+}
+
+#[test]
 fn query_string_does_not_affect_routing() {
     let (router, up) = router_and_upstream("query");
     let (resp, _) = raw(&router, format!("POST /v1/chat/completions?beta=true HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{BODY}", BODY.len()).as_bytes());

@@ -13,18 +13,20 @@ use monoio::net::TcpStream;
 
 use super::lifecycle::{self, Input};
 use super::request::{ClientConn, Next, Request};
-use super::watch::read_append;
 use super::{Core, Worker};
 use crate::error::RouterError;
 use crate::http::{self, BodyFraming, ChunkedDecoder, HeadLimits, ParseStatus, Version};
 
-/// Buffer capacity kept by an idle keep-alive connection; larger buffers
-/// (after a big request) are shrunk back to this.
+/// Head-buffer capacity kept across requests when pipelined bytes are
+/// buffered (larger buffers are shrunk back to this); an idle connection
+/// with nothing buffered keeps no head buffer at all.
 const IDLE_BUF: usize = 8 * 1024;
 /// Spare room of a connection's first head read. A head that fills it is
 /// read on with a spare as large as what is buffered (doubling), so a small
 /// request — and a held stream — keeps a small buffer.
 const HEAD_SPARE: usize = 2 * 1024;
+/// Spare room of a request read whole above which its buffer is cut to size.
+const SHRINK_SPARE: usize = 512;
 
 /// Serve one client connection until it closes, errs or times out. Each
 /// request is served by the worker's current core: after a reload, the next
@@ -66,10 +68,10 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
             };
             let was_empty = buf.is_empty();
             let spare = HEAD_SPARE.max(buf.len());
-            match monoio::time::timeout(wait, read_append(&mut conn.stream, buf, spare)).await {
-                Ok((Ok(0), _)) | Ok((Err(_), _)) => return,
-                Ok((Ok(_), b)) => buf = b,
-                Err(_) => {
+            match conn.read_within(buf, spare, wait).await {
+                Some((Ok(0), _)) | Some((Err(_), _)) => return,
+                Some((Ok(_), b)) => buf = b,
+                None => {
                     // Idle keep-alive connections close silently; a half-sent head gets 408.
                     if !was_empty {
                         let err = RouterError::framing(408, "request head not received in time");
@@ -177,6 +179,13 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
             }
         }
 
+        // The request is read whole: its buffer loses the spare room the
+        // reads reserved (2 KB or more), which would otherwise stay with the
+        // request for its whole life — minutes, for a held stream.
+        if buf.len() == consumed && buf.capacity() - consumed >= SHRINK_SPARE {
+            buf.shrink_to_fit();
+        }
+
         // 3. Dispatch.
         let body: &[u8] = match &chunked_body {
             Some(b) => b,
@@ -205,7 +214,11 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
             return;
         }
         buf.drain(..consumed);
-        if buf.capacity() > 4 * IDLE_BUF && buf.len() < IDLE_BUF {
+        if buf.is_empty() {
+            // Nothing pipelined: an idle connection keeps no head buffer (the
+            // next head read makes one).
+            buf = Vec::new();
+        } else if buf.capacity() > 4 * IDLE_BUF && buf.len() < IDLE_BUF {
             buf.shrink_to(IDLE_BUF);
         }
         if conn.up_resp.capacity() > 1 << 20 {
@@ -218,9 +231,13 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
 }
 
 /// Answer a request rejected before it was read whole, then linger.
+/// Boxed: a rare path, which inline would size every connection's task.
 async fn reject(core: &Core, conn: &mut ClientConn, buf: &[u8], err: RouterError) {
-    lifecycle::serve(core, conn, Input::Rejected { buf, err }).await;
-    linger(conn).await;
+    Box::pin(async {
+        lifecycle::serve(core, conn, Input::Rejected { buf, err }).await;
+        linger(conn).await;
+    })
+    .await
 }
 
 /// Lingering close: how long, at most, the rest of a rejected request is
@@ -269,10 +286,10 @@ async fn read_body_bytes(
     spare: usize,
     timeout: Duration,
 ) -> BodyRead {
-    match monoio::time::timeout(timeout, read_append(&mut conn.stream, buf, spare)).await {
-        Ok((Ok(0), b)) | Ok((Err(_), b)) => BodyRead::Gone(b),
-        Ok((Ok(_), b)) => BodyRead::More(b),
-        Err(_) => BodyRead::TimedOut,
+    match conn.read_within(buf, spare, timeout).await {
+        Some((Ok(0), b)) | Some((Err(_), b)) => BodyRead::Gone(b),
+        Some((Ok(_), b)) => BodyRead::More(b),
+        None => BodyRead::TimedOut,
     }
 }
 
@@ -280,7 +297,8 @@ async fn read_body_bytes(
 async fn body_ended(core: &Core, conn: &mut ClientConn, end: BodyRead) {
     match end {
         BodyRead::Gone(b) => {
-            lifecycle::serve(core, conn, Input::Abandoned { buf: &b }).await;
+            // Boxed, like `reject`: rare, and large inline.
+            Box::pin(lifecycle::serve(core, conn, Input::Abandoned { buf: &b })).await;
         }
         BodyRead::TimedOut => {
             let err = RouterError::framing(408, "request body not received in time");

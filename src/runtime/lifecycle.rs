@@ -58,6 +58,27 @@ struct Run {
     skip_on_end: bool,
 }
 
+/// How handling a request ended.
+enum Step<'c> {
+    /// Answered; how the connection goes on.
+    Done(Next),
+    /// A stream's head arrived: [`serve`] relays it (boxed: small to hand up).
+    Stream(Box<Streaming<'c>>),
+}
+
+/// A stream handed up by its attempt, with what the attempt's record needs
+/// when the stream ends.
+struct Streaming<'c> {
+    relay: relay::Stream,
+    /// The endpoint (global index) and when the attempt started.
+    eidx: usize,
+    started: Instant,
+    /// The attempt's span: id and start (unix ns).
+    span: ([u8; 8], u64),
+    /// The endpoint's slot, held while the stream lasts.
+    _slot: Option<balance::Slot<'c>>,
+}
+
 /// Serve one request (or a rejection) and end it: the single entry point.
 pub async fn serve(core: &Core, conn: &mut ClientConn, input: Input<'_>) -> Next {
     let path_buf: String;
@@ -65,7 +86,17 @@ pub async fn serve(core: &Core, conn: &mut ClientConn, input: Input<'_>) -> Next
         Input::Request(req) => {
             let mut ctx = Ctx::new(core, req.ts_ms, req.t0, req.method, req.path);
             let mut run = Run::default();
-            let next = match handle(core, conn, req, &mut ctx, &mut run).await {
+            // Boxed: the parse, routing and attempt state is large, and a
+            // held stream must not keep it (nor its room in the connection's
+            // task): a stream's head hands the relay up, and the box is freed
+            // before the stream is relayed.
+            let handled = Box::pin(handle(core, conn, req, &mut ctx, &mut run)).await;
+            let handled = match handled {
+                Ok(Step::Stream(s)) => serve_stream(core, conn, req, &mut ctx, &mut run, s).await,
+                Ok(Step::Done(next)) => Ok(next),
+                Err(err) => Err(err),
+            };
+            let next = match handled {
                 Ok(next) => next,
                 Err(err) => answer_error(conn, req.path, req.keep_alive, &mut ctx, err).await,
             };
@@ -174,13 +205,13 @@ fn first_line(buf: &[u8]) -> (&str, String) {
 }
 
 /// Auth, then the endpoint.
-async fn handle(
-    core: &Core,
+async fn handle<'c>(
+    core: &'c Core,
     conn: &mut ClientConn,
     req: &Request<'_>,
     ctx: &mut Ctx<'_>,
     run: &mut Run,
-) -> Result<Next, RouterError> {
+) -> Result<Step<'c>, RouterError> {
     if let Some(key) = &core.snap.config.server.api_key
         && req.path != "/health"
         && !parse::authorized(req, key)
@@ -262,15 +293,62 @@ async fn handle(
             if !super::metrics::hand_to_feed(&conn.stream) {
                 return Err(RouterError::internal("the dashboard feed is not available"));
             }
-            return Ok(Next::Close);
+            return Ok(Step::Done(Next::Close));
         }
         (m, p) if KNOWN.contains(&p) => return Err(RouterError::method_not_allowed(m, p)),
         (m, p) => return Err(RouterError::not_found(m, p)),
     }
     if conn.flush().await.is_err() {
-        return Ok(Next::Close);
+        return Ok(Step::Done(Next::Close));
     }
-    Ok(keep_or_close(req))
+    Ok(Step::Done(keep_or_close(req)))
+}
+
+/// Relay a stream handed up by its attempt, then record the attempt (its
+/// slot is released as the stream is dropped).
+async fn serve_stream(
+    core: &Core,
+    conn: &mut ClientConn,
+    req: &Request<'_>,
+    ctx: &mut Ctx<'_>,
+    run: &mut Run,
+    mut s: Box<Streaming<'_>>,
+) -> Result<Next, RouterError> {
+    // The head and what came with it (see `chat`: the buffer is put back
+    // into the connection, its bytes kept, when the attempt returns).
+    let mut resp = std::mem::take(&mut conn.up_resp);
+    let (outcome, reusable) =
+        relay::relay_stream(core, conn, req, ctx, &mut s.relay, &mut resp).await;
+    conn.up_resp = resp;
+    let ok = (200..300).contains(&s.relay.head.status);
+    let text = ctx.response.clone().unwrap_or_default();
+    post_response(run, ctx, s.relay.client, None, &text, ok);
+    let result = match outcome {
+        Relay::Complete => Ok(after_reply(conn, req)),
+        Relay::ClientGone => Err(RouterError::client_gone()),
+        Relay::UpstreamFailed(msg) => {
+            ctx.error = Some(format!("upstream_truncated: {msg}"));
+            Ok(Next::Close)
+        }
+    };
+    let Streaming {
+        relay,
+        eidx,
+        started,
+        span,
+        ..
+    } = *s;
+    if reusable {
+        core.pools.give(eidx, relay.up);
+    }
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => outcome_of(e),
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    ctx.attempt_outcomes.push((Some(eidx), outcome, ms));
+    ctx.span_mark(span.0, span.1);
+    result
 }
 
 /// Keep the connection when the client asked to.
@@ -300,14 +378,14 @@ fn after_reply(conn: &ClientConn, req: &Request<'_>) -> Next {
 }
 
 /// `POST /v1/chat/completions`, `/v1/messages`, `/v1/responses`: the phases.
-async fn chat(
-    core: &Core,
+async fn chat<'c>(
+    core: &'c Core,
     conn: &mut ClientConn,
     req: &Request<'_>,
     ctx: &mut Ctx<'_>,
     run: &mut Run,
     client: Format,
-) -> Result<Next, RouterError> {
+) -> Result<Step<'c>, RouterError> {
     let snap = &core.snap;
     ctx.trace = super::telemetry::begin(core, req);
     // parse: what routing needs, without touching the client's bytes.
@@ -343,7 +421,9 @@ async fn chat(
     // on_start
     if plugins::on_start(&run.active, &mut pre)? == Flow::Stop || pre.response.is_some() {
         let early = pre.response.take();
-        return answer_early(core, conn, req, ctx, run, client, &parsed, early).await;
+        return answer_early(core, conn, req, ctx, run, client, &parsed, early)
+            .await
+            .map(Step::Done);
     }
     if crate::observe::feed::active() {
         let in_flight = core
@@ -378,7 +458,9 @@ async fn chat(
     // pre_request
     if plugins::pre_request(&run.active, &mut pre)? == Flow::Stop || pre.response.is_some() {
         let early = pre.response.take();
-        return answer_early(core, conn, req, ctx, run, client, &parsed, early).await;
+        return answer_early(core, conn, req, ctx, run, client, &parsed, early)
+            .await
+            .map(Step::Done);
     }
     let (forced, new_body) = (pre.forced_provider, pre.body.take());
     // A plugin's request body is parsed again: routing and the upstream
@@ -440,7 +522,7 @@ async fn chat(
             balance::affinity_key(provider, req, parsed, body)
         })
         .await;
-        let (eidx, _slot) = match picked {
+        let (eidx, slot) = match picked {
             Ok(p) => {
                 if let Some(ms) = p.queued_ms {
                     ctx.notes.push(format!(
@@ -490,7 +572,9 @@ async fn chat(
             ProviderFormat::Mock => {
                 ctx.attempt_outcomes.push((Some(eidx), "ok", 0));
                 ctx.span_mark([0; 8], 0);
-                return answer_mock(core, conn, req, ctx, run, client, parsed).await;
+                return answer_mock(core, conn, req, ctx, run, client, parsed)
+                    .await
+                    .map(Step::Done);
             }
             ProviderFormat::OpenAi if client == Format::Responses && provider.responses => {
                 Format::Responses
@@ -590,14 +674,26 @@ async fn chat(
                 ctx.ttft_ms = None;
                 next = alt;
             }
-            (result, _) => {
-                let outcome = match &result {
-                    Ok(_) => "ok",
-                    Err(e) => outcome_of(e),
-                };
-                ctx.attempt_outcomes.push((Some(eidx), outcome, ms));
+            (Ok(Answered::Stream(relay)), _) => {
+                // The attempt is recorded when the stream ends; its slot is
+                // held until then.
+                return Ok(Step::Stream(Box::new(Streaming {
+                    relay,
+                    eidx,
+                    started,
+                    span: (span_id, attempt_start_ns),
+                    _slot: slot,
+                })));
+            }
+            (Ok(Answered::Done(next)), _) => {
+                ctx.attempt_outcomes.push((Some(eidx), "ok", ms));
                 ctx.span_mark(span_id, attempt_start_ns);
-                return result;
+                return Ok(Step::Done(next));
+            }
+            (Err(e), _) => {
+                ctx.attempt_outcomes.push((Some(eidx), outcome_of(&e), ms));
+                ctx.span_mark(span_id, attempt_start_ns);
+                return Err(e);
             }
         }
     }
@@ -785,7 +881,19 @@ fn build(
     Ok(())
 }
 
-/// The upstream exchange, then the respond phase for a provider's reply.
+/// What an attempt's exchange came to.
+// The large variant is returned once per request, into the attempt loop's
+// (boxed) frame, and moved from there into the boxed `Streaming`.
+#[allow(clippy::large_enum_variant)]
+enum Answered {
+    /// The reply went out whole.
+    Done(Next),
+    /// A stream's head arrived: relayed by [`serve`] after the attempt.
+    Stream(relay::Stream),
+}
+
+/// The upstream exchange, then the respond phase for a buffered reply; a
+/// stream is handed up once its head is here ([`Answered::Stream`]).
 #[allow(clippy::too_many_arguments)]
 async fn upstream_call(
     core: &Core,
@@ -798,7 +906,7 @@ async fn upstream_call(
     up_req: &mut Vec<u8>,
     resp: &mut Vec<u8>,
     body: &mut Vec<u8>,
-) -> Result<Next, RouterError> {
+) -> Result<Answered, RouterError> {
     let pidx = plan.pidx;
     let eidx = plan.eidx;
     let mut armed = watch::arm(conn);
@@ -838,9 +946,14 @@ async fn upstream_call(
     let is_stream = starts(b"text/event-stream") || (ok && starts(b"application/x-ndjson"));
 
     if is_stream {
-        // Nothing is sent upstream again once a stream's head is here (no
-        // failover after it): a large upstream request is not held with it.
-        release_if_large(up_req);
+        // A held stream keeps only what relaying needs. Nothing is sent
+        // upstream again once a stream's head is here (no failover after
+        // it), and nothing is parsed or buffered whole: the upstream request,
+        // the parse copy and the body buffer are freed, whatever their size
+        // (the connection's next request makes new ones).
+        *up_req = Vec::new();
+        *body = Vec::new();
+        conn.json_scratch = Vec::new();
         let mode = if plan.passthrough && plan.client == Format::OpenAiChat {
             StreamMode::Chat {
                 parser: SseParser::new(16 << 20),
@@ -855,37 +968,16 @@ async fn upstream_call(
                 plan.include_usage,
             ))
         };
-        let timeout = exchange::first_byte_timeout(core, pidx);
-        let (outcome, reusable) = relay::relay_stream(
-            core,
-            conn,
-            req,
-            ctx,
-            &mut reply.up,
-            resp,
-            &head,
-            &mut armed,
-            timeout,
+        // Handed up: relayed by `serve` once the attempt's frames are gone.
+        return Ok(Answered::Stream(relay::Stream {
+            up: reply.up,
+            head,
+            armed,
+            timeout: exchange::first_byte_timeout(core, pidx),
             t_head,
             mode,
-            plan.client,
-        )
-        .await;
-        let text = ctx.response.clone().unwrap_or_default();
-        post_response(run, ctx, plan.client, None, &text, ok);
-        return match outcome {
-            Relay::Complete => {
-                if reusable {
-                    core.pools.give(eidx, reply.up);
-                }
-                Ok(after_reply(conn, req))
-            }
-            Relay::ClientGone => Err(RouterError::client_gone()),
-            Relay::UpstreamFailed(msg) => {
-                ctx.error = Some(format!("upstream_truncated: {msg}"));
-                Ok(Next::Close)
-            }
-        };
+            client: plan.client,
+        }));
     }
 
     // Buffered reply: read it whole (usage and response tags go in the head).
@@ -981,7 +1073,7 @@ async fn upstream_call(
         );
         conn.out.extend_from_slice(&translated);
     }
-    flush(conn, req).await
+    flush(conn, req).await.map(Answered::Done)
 }
 
 /// The response classifiers on a whole reply's text.

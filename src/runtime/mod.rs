@@ -15,6 +15,7 @@ mod request;
 mod respond;
 pub mod shutdown;
 pub mod telemetry;
+mod timer;
 mod translate;
 mod watch;
 
@@ -630,6 +631,7 @@ async fn worker_main(
         }
     };
     let local = listener.local_addr().unwrap_or(addr);
+    timer::start_thread();
     let _ = ready.send(Ok(local));
     let metrics = Rc::new(crate::observe::metrics::LocalMetrics::new());
     let feed = Rc::new(crate::observe::feed::CoreFeed::default());

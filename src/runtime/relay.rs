@@ -73,24 +73,46 @@ pub enum StreamMode {
     Translate(StreamTranslator),
 }
 
+/// A streamed reply whose head has arrived: what relaying it needs. The
+/// attempt that got it hands it up to the lifecycle, so the request's parse
+/// and routing state — and their task frames — are gone while the stream is
+/// held (`lifecycle::serve`).
+pub struct Stream {
+    /// The provider connection, pooled again when the stream ends cleanly.
+    pub up: Conn,
+    pub head: ResponseHead,
+    /// The client watch, armed for the exchange (see `watch::arm`).
+    pub armed: watch::Armed,
+    /// The first-byte timeout, until the first content byte.
+    pub timeout: Duration,
+    pub t_head: Instant,
+    pub mode: StreamMode,
+    /// The client's API format (for the error event of a failed stream).
+    pub client: Format,
+}
+
 /// Relay a streamed reply as it arrives (SSE, or Ollama's NDJSON when
-/// translating), scanning or translating the same bytes. Returns how it
-/// ended and whether the upstream connection may be pooled.
-#[allow(clippy::too_many_arguments)]
+/// translating), scanning or translating the same bytes. `resp` holds the
+/// provider's head and what came with it. Returns how it ended and whether
+/// the upstream connection may be pooled.
 pub async fn relay_stream(
     core: &Core,
     conn: &mut ClientConn,
     req: &Request<'_>,
     ctx: &mut Ctx<'_>,
-    up: &mut Conn,
+    s: &mut Stream,
     resp: &mut Vec<u8>,
-    head: &ResponseHead,
-    armed: &mut watch::Armed,
-    timeout: Duration,
-    t_head: Instant,
-    mut mode: StreamMode,
-    client: Format,
 ) -> (Relay, bool) {
+    let Stream {
+        up,
+        head,
+        armed,
+        timeout,
+        t_head,
+        mode,
+        client,
+    } = s;
+    let (head, timeout, t_head, client) = (&*head, *timeout, *t_head, *client);
     let chunked_out = !conn.http10;
     let server = &core.snap.config.server;
     let idle = Duration::from_millis(server.stream_idle_timeout_ms);
@@ -177,7 +199,7 @@ pub async fn relay_stream(
                 first = false;
                 ctx.ttft_ms = Some(req.t0.elapsed().as_secs_f64() * 1000.0);
             }
-            let bytes: &[u8] = match &mut mode {
+            let bytes: &[u8] = match &mut *mode {
                 StreamMode::Chat { parser, stats } => {
                     let _ = parser.feed(payload, |ev| stats.on_event(ev.data));
                     payload
@@ -212,7 +234,7 @@ pub async fn relay_stream(
             }
         }
         if finished {
-            if let StreamMode::Translate(t) = &mut mode {
+            if let StreamMode::Translate(t) = &mut *mode {
                 translated.clear();
                 t.finish(&mut translated, None);
                 if chunked_out {
@@ -313,7 +335,7 @@ pub async fn relay_stream(
     };
     // The last upstream read is done (or failed): the rest goes out unwatched.
     armed.disarm();
-    let text = match &mut mode {
+    let text = match &mut *mode {
         StreamMode::Chat { stats, .. } => {
             ctx.input_tokens = stats.input_tokens;
             ctx.output_tokens = stats.output_tokens;
@@ -345,7 +367,7 @@ pub async fn relay_stream(
     match outcome {
         Relay::Complete => {
             if !ended {
-                if let StreamMode::Translate(t) = &mut mode
+                if let StreamMode::Translate(t) = &mut *mode
                     && head.framing == ResponseFraming::UntilClose
                 {
                     translated.clear();
@@ -366,7 +388,7 @@ pub async fn relay_stream(
         Relay::UpstreamFailed(msg) => {
             // End the client's stream in its own format: an error event, never a fake end.
             let mut event = Vec::new();
-            match &mut mode {
+            match &mut *mode {
                 StreamMode::Translate(t) => t.finish(&mut event, Some(&msg)),
                 _ => translate::write_stream_error(
                     client,

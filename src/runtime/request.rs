@@ -3,13 +3,13 @@
 //! ([`Request`]), and how the connection goes on afterwards ([`Next`]).
 
 use std::io;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
-use monoio::time::Sleep;
 
+use super::timer::Deadline;
+use super::watch::read_append;
 use crate::http::RequestHead;
 
 /// One client connection's socket and reusable buffers.
@@ -29,8 +29,9 @@ pub struct ClientConn {
     pub http10: bool,
     /// `[server] write_timeout_ms`.
     pub write_timeout: Duration,
-    /// The write timeout's timer, made at the first write (see `flush`).
-    write_timer: Option<Pin<Box<Sleep>>>,
+    /// The deadline of the write, or of the head or body read, in progress
+    /// (one at a time), disarmed after each.
+    deadline: Deadline,
 }
 
 impl ClientConn {
@@ -44,8 +45,26 @@ impl ClientConn {
             json_scratch: Vec::new(),
             http10: false,
             write_timeout,
-            write_timer: None,
+            deadline: Deadline::new(),
         }
+    }
+
+    /// Read from the client into the spare capacity of `buf` (appending, at
+    /// least `spare` bytes of room), unless `wait` passes first: then
+    /// `None`, and the buffer is gone with the cancelled read.
+    pub async fn read_within(
+        &mut self,
+        buf: Vec<u8>,
+        spare: usize,
+        wait: Duration,
+    ) -> Option<(io::Result<usize>, Vec<u8>)> {
+        self.deadline.reset(Instant::now() + wait);
+        let read = monoio::select! {
+            r = read_append(&mut self.stream, buf, spare) => Some(r),
+            _ = &mut self.deadline => None,
+        };
+        self.deadline.disarm();
+        read
     }
 
     /// Write `out` to the client and clear it.
@@ -56,23 +75,14 @@ impl ClientConn {
             return Ok(());
         }
         let buf = std::mem::take(&mut self.out);
-        // One timer per connection, re-armed for each write: a `Sleep` is
-        // 640 bytes (128-aligned) that would otherwise sit inline in every
-        // request's task, held streams included.
-        let deadline = monoio::time::Instant::now() + self.write_timeout;
-        let timer = match &mut self.write_timer {
-            Some(t) => {
-                t.as_mut().reset(deadline);
-                t
-            }
-            None => self
-                .write_timer
-                .insert(Box::pin(monoio::time::sleep_until(deadline))),
-        };
+        self.deadline.reset(Instant::now() + self.write_timeout);
         let written = monoio::select! {
             done = self.stream.write_all(buf) => Some(done),
-            _ = timer.as_mut() => None,
+            _ = &mut self.deadline => None,
         };
+        // Disarmed: an idle connection is not woken when it would have
+        // passed.
+        self.deadline.disarm();
         match written {
             Some((r, mut buf)) => {
                 buf.clear();

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use monoio::time::Sleep;
 
 use super::request::ClientConn;
 use super::shutdown::Shutdown;
+use super::timer::Deadline;
 use crate::upstream::{Peek, peek};
 
 /// Spare room reserved before an upstream read of a head or a whole body.
@@ -30,7 +30,7 @@ const READ_SPARE: usize = 16 * 1024;
 /// and a held stream keeps its buffer (see `relay::relay_stream`, which
 /// shrinks it to this before the first wait), so stream reads start small;
 /// one that fills what it was given makes the next twice as large.
-pub const STREAM_SPARE: usize = 2 * 1024;
+pub const STREAM_SPARE: usize = 1024;
 /// The largest spare a stream read is given.
 const MAX_STREAM_SPARE: usize = 64 * 1024;
 
@@ -44,7 +44,7 @@ pub fn arm(conn: &ClientConn) -> Armed {
         client: std::ptr::from_ref(&conn.stream),
         fd: conn.stream.as_raw_fd(),
         poll: None,
-        timer: None,
+        deadline: Deadline::new(),
         stream_spare: STREAM_SPARE,
         given: 0,
     }
@@ -62,10 +62,8 @@ pub struct Armed {
     client: *const TcpStream,
     fd: RawFd,
     poll: Option<ClientPoll>,
-    /// The exchange's wait timer, made at its first wait and re-armed for
-    /// each: boxed, because a `Sleep` is 640 bytes (128-aligned) that would
-    /// otherwise sit inline in every request's — and held stream's — task.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// The exchange's wait deadline, re-armed for each wait.
+    deadline: Deadline,
     /// Spare room the next stream read gets, and what the last read got.
     stream_spare: usize,
     given: usize,
@@ -125,25 +123,18 @@ impl Armed {
         deadline: Instant,
         shutdown: &Shutdown,
     ) -> Ev<F::Output> {
-        let at = monoio::time::Instant::from_std(deadline);
+        self.deadline.reset(deadline);
         loop {
-            let timer = match &mut self.timer {
-                Some(t) => {
-                    t.as_mut().reset(at);
-                    t
-                }
-                None => self.timer.insert(Box::pin(monoio::time::sleep_until(at))),
-            };
             let fired = match Self::posted(self.active, self.client, &mut self.poll) {
                 Some(poll) => monoio::select! {
                     r = read.as_mut() => return Ev::Read(r),
-                    _ = timer.as_mut() => return Ev::Slept,
+                    _ = &mut self.deadline => return Ev::Slept,
                     r = poll.as_mut() => r,
                     _ = shutdown.wait() => return Ev::Shutdown,
                 },
                 None => monoio::select! {
                     r = read.as_mut() => return Ev::Read(r),
-                    _ = timer.as_mut() => return Ev::Slept,
+                    _ = &mut self.deadline => return Ev::Slept,
                     _ = shutdown.wait() => return Ev::Shutdown,
                 },
             };
@@ -176,6 +167,7 @@ impl Armed {
     pub fn disarm(&mut self) {
         self.active = false;
         self.poll = None;
+        self.deadline.disarm();
     }
 
     /// The slice of `buf` a read fills: its spare capacity, at least

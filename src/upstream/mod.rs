@@ -141,18 +141,22 @@ pub fn peek(fd: std::os::fd::RawFd) -> Peek {
     }
 }
 
+// The TLS read and write futures are boxed: they are several hundred bytes
+// (rustls' state machine around the socket op), and inline they would size
+// every future that reads or writes a `Conn` — a held stream's task among
+// them — plain connections included. A TLS op pays one allocation for it.
 impl AsyncReadRent for Conn {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Conn::Plain(s) => s.read(buf).await,
-            Conn::Tls(s) => s.read(buf).await,
+            Conn::Tls(s) => Box::pin(s.read(buf)).await,
         }
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Conn::Plain(s) => s.readv(buf).await,
-            Conn::Tls(s) => s.readv(buf).await,
+            Conn::Tls(s) => Box::pin(s.readv(buf)).await,
         }
     }
 }
@@ -161,14 +165,14 @@ impl AsyncWriteRent for Conn {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Conn::Plain(s) => s.write(buf).await,
-            Conn::Tls(s) => s.write(buf).await,
+            Conn::Tls(s) => Box::pin(s.write(buf)).await,
         }
     }
 
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Conn::Plain(s) => s.writev(buf).await,
-            Conn::Tls(s) => s.writev(buf).await,
+            Conn::Tls(s) => Box::pin(s.writev(buf)).await,
         }
     }
 
