@@ -280,14 +280,18 @@ impl Armed {
     }
 }
 
-/// Appending read without a watch (request bodies, head reads).
+/// Appending read without a watch (request bodies, head reads), into
+/// exactly `min_spare` bytes of new room when the buffer has less: the
+/// callers size it (a head read doubles, a body read asks for what is left
+/// of the body), so a request read whole fills its buffer and cutting it to
+/// size copies nothing.
 pub async fn read_append(
     stream: &mut TcpStream,
     mut buf: Vec<u8>,
     min_spare: usize,
 ) -> (io::Result<usize>, Vec<u8>) {
     if buf.capacity() - buf.len() < min_spare {
-        buf.reserve(min_spare);
+        buf.reserve_exact(min_spare);
     }
     let len = buf.len();
     let cap = buf.capacity();
