@@ -198,12 +198,13 @@ impl Deadline {
 
     /// Stop: `.await` no longer completes until the next [`Deadline::reset`].
     pub fn disarm(&mut self) {
-        TABLE.with(|t| {
+        // Wakers are dropped after the table is released (see `Drop`).
+        let _waker = TABLE.with(|t| {
             let mut t = t.borrow_mut();
             let slot = t.slot(self);
             slot.at = None;
-            slot.waker = None;
-        })
+            slot.waker.take()
+        });
     }
 }
 
@@ -216,17 +217,24 @@ impl Default for Deadline {
 impl Drop for Deadline {
     fn drop(&mut self) {
         // `try_with`: a deadline dropped while the thread exits finds the
-        // table gone, and has nothing left to free.
-        let _ = TABLE.try_with(|t| {
+        // table gone, and has nothing left to free. A slot that is not this
+        // deadline's (a table started afresh under it) is left alone. The
+        // waker is dropped once the table is released: dropping a task's
+        // last waker drops the task, and its deadlines with it.
+        let _waker = TABLE.try_with(|t| {
             let mut t = t.borrow_mut();
-            let slot = t.slot(self);
+            let slot = t.slots.get_mut(self.idx as usize)?;
+            if slot.epoch != self.epoch {
+                return None;
+            }
             slot.epoch = slot.epoch.wrapping_add(1);
             slot.at = None;
-            slot.waker = None;
+            let waker = slot.waker.take();
             if slot.queued.take().is_some() {
                 t.queued -= 1;
             }
             t.free.push(self.idx);
+            waker
         });
     }
 }
@@ -235,23 +243,24 @@ impl Future for &mut Deadline {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        TABLE.with(|t| {
+        // A replaced waker is dropped once the table is released (see `Drop`).
+        let (poll, _old) = TABLE.with(|t| {
             let mut t = t.borrow_mut();
             let slot = t.slot(&self);
             let Some(at) = slot.at else {
-                slot.waker = None;
-                return Poll::Pending;
+                return (Poll::Pending, slot.waker.take());
             };
             if Instant::now() >= at {
-                return Poll::Ready(());
+                return (Poll::Ready(()), None);
             }
-            match &mut slot.waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                w => *w = Some(cx.waker().clone()),
-            }
+            let old = match &slot.waker {
+                Some(w) if w.will_wake(cx.waker()) => None,
+                _ => slot.waker.replace(cx.waker().clone()),
+            };
             t.ensure_driver(at);
-            Poll::Pending
-        })
+            (Poll::Pending, old)
+        });
+        poll
     }
 }
 
