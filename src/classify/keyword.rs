@@ -22,10 +22,15 @@
 //!    one bit of a bitset sized at 64 bits per key (4 KiB .. 256 KiB). Most
 //!    positions stop here.
 //! 2. **Head filter** (positions that pass). A second bitset, indexed like
-//!    the first, holds two bits per key from the hash of its keyword's *head*
-//!    (the five low bits of its first `min(len, 8)` bytes); the window is
-//!    tested at each keyword length present. This drops the positions where
-//!    only the key matched (a shared prefix) without touching the table.
+//!    the first, holds one bit per key for its keyword's *head*: its first
+//!    `len` bytes, `len` being its length clamped to its key width ..= 8
+//!    (the key itself for a keyword shorter than its key). The bit is bits
+//!    `8 * len - 6 .. 8 * len` of the head's five low bits per byte times a
+//!    constant; the low bits of a product depend only on the low bytes, so
+//!    one multiplication of the window gives its bit for every head length
+//!    of the tier (6, 7 and 8 bytes at most), tested at once. This drops the
+//!    positions where only the key matched (a shared prefix) without
+//!    touching the table.
 //! 3. **Table**. The window (ASCII-folded) is compared with the exact heads
 //!    (first eight bytes) of the keywords of its key: four per 64-byte bucket,
 //!    open addressing. A matching head is checked against the whole keyword
@@ -35,24 +40,76 @@
 //! keywords share prefixes; one probe per position for keywords of 5 bytes
 //! and more keeps the loop short whatever their lengths.
 //!
-//! # Why not one Aho-Corasick automaton (measured)
+//! # Two scans: one position at a time, or in blocks
 //!
-//! The automaton (ASCII case-insensitive, overlapping) cost 1.8–1.9 µs per KB
-//! at 10 and 100 keywords, and 5.7 µs/KB (1 KB prompt) to 10.7 µs/KB (1 MB)
-//! at 10,000 keywords: its 1.5 MiB NFA misses the cache on most bytes
-//! (a DFA was 19 MiB). This matcher, same bench and machine: 0.97 / 0.85
-//! µs/KB at 10 keywords (1 KB / 1 MB prompt), 0.98 / 0.91 at 100, 1.46 /
-//! 1.63 at 10,000, in 8 KiB, 21 KiB and 1.1 MiB (`cargo bench --bench
-//! hot_path -- classify`; docs/benches.md describes the inputs).
+//! A small matcher (fewer than 4,096 keys; 10 and 100 keywords are 10 and
+//! 131) probes the filter and branches at every position: the few positions
+//! that pass are confirmed at once, and the branch is predicted.
 //!
-//! What still grows with the number of keywords is the number of positions
-//! that pass the filter: about 1 per KB at 10 keywords, 30 at 10,000, where
-//! the bench's prompts, made of the same syllables as its keywords, share a
-//! 6-byte key with some keyword every ~50 bytes; each costs a mispredicted
-//! branch and a look at the head filter. The filter also outgrows L1 (128
-//! KiB at 10,000). A two-bit filter (blocked Bloom) removes most false passes,
-//! not the shared keys, and costs ~70% more per byte at every size (1.4
-//! against 0.8 µs/KB at 10 keywords), so it is not used.
+//! A large matcher passes many positions: the bench's prompts, made of the
+//! same syllables as its keywords, share a 6-byte key with one of 10,000
+//! keywords about 30 times per KB (about 19 real shared prefixes, such as
+//! "should" and the keyword "shouldaisbroustgru", and 11 false passes of a
+//! filter filled to 1.4%). Branching on each cost a mispredicted branch,
+//! resolved only when the filter word (128 KiB, in L2) arrived, and a head
+//! filter load behind it. So a large matcher scans spans of 256 bytes and
+//! more in blocks of 1,024 positions ([`Matcher::scan_blocks`]):
+//!
+//! 1. the 64 windows of a *group* are probed without a branch, their results
+//!    collected as the bits of a `u64`;
+//! 2. the set bits become the block's candidates (four per group without a
+//!    branch, more in a loop);
+//! 3. at the end of the block, the candidates go through the head filter
+//!    without a branch, and the few left (4 per KB on the 1 MB prompt) are
+//!    confirmed.
+//!
+//! The last 7–70 positions of a span, and shorter spans, are scanned one
+//! position at a time: the block scan's fixed cost (a 2 KiB candidate array)
+//! is not repaid on spans of ~80 bytes (measured).
+//!
+//! # Figures (measured)
+//!
+//! The Aho-Corasick automaton this replaced (ASCII case-insensitive,
+//! overlapping) cost 1.8–1.9 µs per KB at 10 and 100 keywords, and 5.7 µs/KB
+//! (1 KB prompt) to 10.7 µs/KB (1 MB) at 10,000 keywords: its 1.5 MiB NFA
+//! missed the cache on most bytes (a DFA was 19 MiB).
+//!
+//! This matcher, `cargo bench --bench hot_path -- classify` (docs/benches.md
+//! describes the inputs and has both sittings), µs per KB:
+//!
+//! | keywords | memory | 1 KB prompt | 1 MB prompt |
+//! |---:|---:|---:|---:|
+//! | 10 | 8 KiB | 0.96–1.03 | 0.83–0.84 |
+//! | 100 | 21 KiB | 0.96–0.99 | 0.91 |
+//! | 10,000 | 1,154 KiB | 1.46–1.56 | 1.28–1.29 |
+//!
+//! The block scan took the 1 MB prompt at 10,000 keywords from 1.59–1.62 to
+//! 1.28–1.29 µs/KB; 10 and 100 keywords are unchanged (the same loop as
+//! before). 10,000 keywords cost 1.53–1.55× the 10-keyword figure on the 1
+//! MB prompt, and 1.41–1.63× on the 1 KB one (1.53× in the quietest run).
+//!
+//! What still grows with the number of keywords (breakdown measured in a
+//! scratch harness, 10,000 keywords):
+//!
+//! - the filter: 128 KiB, out of L1, so most probes are L2 loads (+0.1
+//!   µs/KB with every later stage removed);
+//! - the candidates: the head filter and the blocks' bookkeeping cost
+//!   0.2–0.3 µs/KB, and the table lookups of those left (4 per KB at 1 MB, 8
+//!   at 1 KB) about 0.1–0.2: a cache miss on the bucket, more on a hit;
+//! - on the bench's 1 KB prompt, scanned again and again, the branch
+//!   predictor learns where the one-at-a-time loop's positions pass, so that
+//!   loop costs no more there than the block scan (1.46 µs/KB either way);
+//!   on 1 KB slices of the 1 MB prompt, each scanned once, the block scan
+//!   was 10–15% cheaper.
+//!
+//! Measured and not taken: a two-bit filter (blocked Bloom) removes most
+//! false passes but costs ~70% more per byte at every size; a 256 KiB filter
+//! (half the false passes) or a 64 KiB one (in L1 more often) were no faster;
+//! keys spread over 7–8 bytes (fewer shared prefixes) doubled the filter and
+//! the table and were no faster; storing each candidate position in the
+//! probe loop (instead of a bit) cost 10–20% more at every size; two
+//! head-filter bits per key (fewer table lookups) cost as much in the head
+//! filter as they saved.
 
 use std::collections::HashMap;
 
@@ -151,10 +208,19 @@ impl KeywordClassifier {
             return;
         }
         let mut found = Found { hits, missing };
-        match matcher.classes.len() {
-            1 => matcher.scan::<1>(text, &mut found),
-            2 => matcher.scan::<2>(text, &mut found),
-            _ => matcher.scan::<3>(text, &mut found),
+        let found = &mut found;
+        if matcher.blocks && text.len() >= BLOCK_SCAN_BYTES {
+            match matcher.classes.len() {
+                1 => matcher.scan_large::<1>(text, found),
+                2 => matcher.scan_large::<2>(text, found),
+                _ => matcher.scan_large::<3>(text, found),
+            }
+        } else {
+            match matcher.classes.len() {
+                1 => matcher.scan::<1>(text, found),
+                2 => matcher.scan::<2>(text, found),
+                _ => matcher.scan::<3>(text, found),
+            }
         }
     }
 }
@@ -180,6 +246,23 @@ const FILTER_BITS_PER_KEY: usize = 64;
 /// log2 of the filter's bits: 4 KiB (always in L1) to 256 KiB.
 const FILTER_LOG2: (u32, u32) = (15, 21);
 
+/// Matchers with at least this many keys scan spans of `BLOCK_SCAN_BYTES`
+/// and more in blocks ([`Matcher::scan_blocks`]); others probe and branch at
+/// every position ([`Matcher::scan_each`]), which costs less while few
+/// positions pass (see the module doc).
+const BLOCK_SCAN_KEYS: usize = 4096;
+/// Shorter spans do not repay the block scan's fixed cost (its 2 KiB
+/// candidate array, a block's bookkeeping).
+const BLOCK_SCAN_BYTES: usize = 256;
+/// Windows per group: the filter results of a group are the bits of a `u64`.
+const GROUP: usize = 64;
+/// Windows per block: the candidates of a block are checked together. Their
+/// offsets in the block fit a `u16`.
+const BLOCK: usize = 1024;
+/// Candidates taken from a group without a branch per candidate; more take a
+/// loop.
+const FAST: usize = 4;
+
 /// The tier of a keyword of `len` bytes: 1–2, 3–4, 5 and more.
 fn tier(len: usize) -> usize {
     match len {
@@ -194,15 +277,18 @@ fn tier(len: usize) -> usize {
 struct Matcher {
     /// One filter probe per tier present, in tier order.
     classes: Vec<Class>,
+    /// At least `BLOCK_SCAN_KEYS` keys: spans of `BLOCK_SCAN_BYTES` and more
+    /// are scanned in blocks ([`Matcher::scan_large`]).
+    blocks: bool,
     /// Bit `hash >> 58` of word `hash >> 32` (masked) is set for the hash of
     /// every key.
     filter: Vec<u64>,
-    /// Same words as `filter`: two bits per key, from the hash of its
-    /// keyword's head (the low five bits of its first `min(len, 8)` bytes).
+    /// Same words as `filter`: one bit per key, [`head_bit`] of its head.
     heads_filter: Vec<u64>,
-    /// `LOW5` masked to the first `min(len, 8)` bytes, for each keyword
-    /// length `len` present.
-    head_masks: Vec<u64>,
+    /// For each class: [`head_shift`] of each head length of its keys (6, 7
+    /// and 8 at most), repeated to fill the array. Not in [`Class`]: a larger
+    /// `Class` made the scan loop keep fewer values in registers (measured).
+    head_shifts: [[u32; 3]; 3],
     /// Keyword heads by key: a key's home bucket is `hash >> bucket_shift`;
     /// at most half the slots are used.
     buckets: Vec<Bucket>,
@@ -232,6 +318,18 @@ impl Class {
     fn hash(&self, window: u64) -> u64 {
         (window & self.mask).wrapping_mul(self.multiplier)
     }
+}
+
+/// The bits a keyword head starting at `window` would have set in its
+/// `heads_filter` word: one per head length of a class (`shifts`).
+#[inline(always)]
+fn head_probe(shifts: &[u32; 3], window: u64) -> u64 {
+    let product = (window & LOW5).wrapping_mul(HEAD_MULTIPLIER);
+    let mut probe = 0;
+    for &shift in shifts {
+        probe |= head_bit(product, shift);
+    }
+    probe
 }
 
 /// Four keyword heads (first eight bytes, little-endian, zero-padded): an
@@ -265,10 +363,30 @@ fn filter_word(hash: u64) -> usize {
     (hash >> 32) as usize
 }
 
-/// The two bits of a head hash in its `heads_filter` word.
+/// A keyword's *head* is its first `len` bytes, `len` = its length clamped
+/// to its key width .. 8 (a keyword shorter than its key: the key). Its bit
+/// is bits `8 * len - 6 .. 8 * len` of `product`, the head's five low bits of
+/// each byte times `HEAD_MULTIPLIER`. Those low bits of a product depend only
+/// on the first `len` bytes, so one product of a window gives the bit for
+/// every head length.
 #[inline(always)]
-fn head_bits(head_hash: u64) -> u64 {
-    1 << (head_hash >> 58) | 1 << (head_hash >> 52 & 63)
+fn head_bit(product: u64, shift: u32) -> u64 {
+    1 << (product >> shift & 63)
+}
+
+/// The `shift` of [`head_bit`] for a head of `len` bytes (2 ..= 8).
+fn head_shift(len: usize) -> u32 {
+    8 * len as u32 - 6
+}
+
+/// The window at `p`: eight bytes, zero-padded past the end.
+#[inline(always)]
+fn window(text: &[u8], p: usize) -> u64 {
+    let rest = text.get(p..).unwrap_or_default();
+    match rest.first_chunk::<8>() {
+        Some(&bytes) => u64::from_le_bytes(bytes),
+        None => word(rest),
+    }
 }
 
 /// Mask of the first `n` bytes of a little-endian word.
@@ -329,9 +447,9 @@ impl Matcher {
             }
         }
 
-        // Every key: (hash, head hash, head, head mask, pattern).
+        // Every key: (hash, head bit, head, head mask, pattern).
         let mut keys: Vec<(u64, u64, u64, u64, u32)> = Vec::with_capacity(patterns.len());
-        let mut head_masks = Vec::new();
+        let mut head_lens: [Vec<usize>; 3] = Default::default();
         let mut keywords = Vec::new();
         let mut starts = Vec::with_capacity(patterns.len() + 1);
         starts.push(0u32);
@@ -342,20 +460,35 @@ impl Matcher {
             let (class, width) = (classes[class_of[t]], KEY_WIDTHS[t]);
             let head = word(bytes);
             let mask = first_bytes(bytes.len());
-            let head_mask = LOW5 & mask;
-            if !head_masks.contains(&head_mask) {
-                head_masks.push(head_mask);
+            let head_len = bytes.len().clamp(width, 8);
+            if !head_lens[t].contains(&head_len) {
+                head_lens[t].push(head_len);
             }
-            let head_hash = (head & head_mask).wrapping_mul(HEAD_MULTIPLIER);
+            let shift = head_shift(head_len);
             // A keyword shorter than its key (1, 3 or 5 bytes): every value of
-            // the next byte's five low bits.
+            // the next byte's five low bits; its head is the key.
             let known = bytes.len().min(width);
             for v in 0..1u64 << (5 * (width - known)) {
                 let key = head & class.mask | v << (8 * known);
-                keys.push((class.hash(key), head_hash, head, mask, id));
+                let head_key = if known < width {
+                    key
+                } else {
+                    head & LOW5 & mask
+                };
+                let bit = head_bit(head_key.wrapping_mul(HEAD_MULTIPLIER), shift);
+                keys.push((class.hash(key), bit, head, mask, id));
             }
             keywords.extend_from_slice(bytes);
             starts.push(u32::try_from(keywords.len()).map_err(too_many)?);
+        }
+
+        let mut head_shifts = [[0; 3]; 3];
+        for (t, lens) in head_lens.iter().enumerate() {
+            if let Some(shifts) = head_shifts.get_mut(class_of[t]).filter(|_| present[t]) {
+                for (i, shift) in shifts.iter_mut().enumerate() {
+                    *shift = head_shift(lens.get(i).or(lens.first()).copied().unwrap_or(2));
+                }
+            }
         }
 
         let filter_log2 = (keys.len() * FILTER_BITS_PER_KEY)
@@ -377,10 +510,11 @@ impl Matcher {
         let mut overflow = vec![0u64; buckets.len().div_ceil(64)];
         let mut entries = vec![u32::MAX; buckets.len() * 4];
         let bucket_mask = buckets.len() - 1;
-        for (hash, head_hash, head, mask, id) in keys {
+        let blocks = keys.len() >= BLOCK_SCAN_KEYS;
+        for (hash, head_bit, head, mask, id) in keys {
             let w = filter_word(hash) & word_mask;
             filter[w] |= 1 << (hash >> 58);
-            heads_filter[w] |= head_bits(head_hash);
+            heads_filter[w] |= head_bit;
             let mut b = (hash >> bucket_shift) as usize;
             for _ in 0..buckets.len() {
                 let bucket = &mut buckets[b];
@@ -397,9 +531,10 @@ impl Matcher {
 
         Ok(Self {
             classes,
+            blocks,
             filter,
             heads_filter,
-            head_masks,
+            head_shifts,
             buckets,
             bucket_shift,
             overflow,
@@ -414,10 +549,7 @@ impl Matcher {
     fn memory_usage(&self) -> usize {
         use std::mem::size_of;
         self.classes.capacity() * size_of::<Class>()
-            + (self.filter.capacity()
-                + self.heads_filter.capacity()
-                + self.head_masks.capacity()
-                + self.overflow.capacity())
+            + (self.filter.capacity() + self.heads_filter.capacity() + self.overflow.capacity())
                 * size_of::<u64>()
             + self.buckets.capacity() * size_of::<Bucket>()
             + self.keywords.capacity()
@@ -429,11 +561,34 @@ impl Matcher {
     }
 
     /// Probes the filter with the `N` classes at every position of `text`,
-    /// and confirms the positions that pass.
+    /// and confirms the positions that pass: a branch per position, taken
+    /// rarely when the matcher is small.
     fn scan<const N: usize>(&self, text: &[u8], found: &mut Found<'_>) {
-        let Some(&classes) = self.classes.first_chunk::<N>() else {
-            return;
-        };
+        if let Some(classes) = self.classes.first_chunk::<N>() {
+            self.scan_each(classes, text, found);
+        }
+    }
+
+    /// [`Matcher::scan`] for large matchers: [`Matcher::scan_blocks`], then
+    /// the last positions (fewer than 71) one at a time. A span's tail is
+    /// scanned as a span of its own: a keyword found at a position only
+    /// reads the bytes after it. Out of line: [`Matcher::scan`]'s loop keeps
+    /// more of its values in registers when this is not in the same function
+    /// (measured).
+    #[inline(never)]
+    fn scan_large<const N: usize>(&self, text: &[u8], found: &mut Found<'_>) {
+        if let Some(classes) = self.classes.first_chunk::<N>()
+            && let Some(end) = self.scan_blocks(classes, text, found)
+        {
+            self.scan_each(classes, text.get(end..).unwrap_or_default(), found);
+        }
+    }
+
+    /// The loop of [`Matcher::scan`].
+    #[inline(always)]
+    fn scan_each<const N: usize>(&self, classes: &[Class; N], text: &[u8], found: &mut Found<'_>) {
+        // Copied out of `self`, so the probe constants can stay in registers.
+        let classes = *classes;
         let filter = self.filter.as_slice();
         let word_mask = filter.len() - 1;
         let passes = |window: u64| {
@@ -463,6 +618,121 @@ impl Matcher {
         }
     }
 
+    /// The groups of `text` (64 windows and the 7 bytes after them), in
+    /// blocks of 16 groups, without a branch per position:
+    ///
+    /// 1. every window of a group is probed, the results collected as the
+    ///    bits of a `u64` ([`Matcher::filter_group`]);
+    /// 2. the windows that pass become the block's candidates (offsets);
+    /// 3. at the end of the block, the candidates that also pass the head
+    ///    filter are kept ([`Matcher::heads_block`]), and confirmed.
+    ///
+    /// Returns the first position not scanned (fewer than 71 bytes are
+    /// left), or `None` once every tag is hit.
+    #[inline(always)]
+    fn scan_blocks<const N: usize>(
+        &self,
+        classes: &[Class; N],
+        text: &[u8],
+        found: &mut Found<'_>,
+    ) -> Option<usize> {
+        // One more slot: past the last candidate, a full block still writes
+        // (and does not count) one.
+        let mut candidates = [0u16; BLOCK + 1];
+        let mut start = 0;
+        while text.len() - start >= GROUP + 7 {
+            let block_start = start;
+            let mut n = 0;
+            while start - block_start < BLOCK {
+                let Some(group) = text
+                    .get(start..)
+                    .and_then(|t| t.first_chunk::<{ GROUP + 7 }>())
+                else {
+                    break;
+                };
+                // Bit 63 - i: window `start + i`.
+                let mut passed = self.filter_group(classes, group);
+                if passed != 0 {
+                    let last = start - block_start + GROUP - 1;
+                    // Branch-free: most groups have 0–4 candidates. Once
+                    // `passed` is empty, the slot after the last candidate is
+                    // written and not counted.
+                    for _ in 0..FAST {
+                        let i = last.wrapping_sub(passed.trailing_zeros() as usize);
+                        candidates[n.min(BLOCK)] = i as u16;
+                        n += usize::from(passed != 0);
+                        passed &= passed.wrapping_sub(1);
+                    }
+                    while passed != 0 {
+                        candidates[n.min(BLOCK)] = (last - passed.trailing_zeros() as usize) as u16;
+                        n += 1;
+                        passed &= passed - 1;
+                    }
+                }
+                start += GROUP;
+            }
+            let block = text.get(block_start..).unwrap_or_default();
+            let kept = self.heads_block(classes, block, &mut candidates, n);
+            for &i in candidates.get(..kept).unwrap_or_default() {
+                let p = block_start + usize::from(i);
+                if self.confirm(text, p, window(text, p), found) {
+                    return None;
+                }
+            }
+        }
+        Some(start)
+    }
+
+    /// Probes the 64 windows of `group` (bit `63 - i`: the window at `i`
+    /// passes), without a branch.
+    #[inline(always)]
+    fn filter_group<const N: usize>(&self, classes: &[Class; N], group: &[u8; GROUP + 7]) -> u64 {
+        let filter = self.filter.as_slice();
+        let word_mask = filter.len() - 1;
+        let mut bits = 0u64;
+        for i in 0..GROUP {
+            let Some(&bytes) = group.get(i..).and_then(|t| t.first_chunk::<8>()) else {
+                break;
+            };
+            let w = u64::from_le_bytes(bytes);
+            let mut pass = 0;
+            for c in classes {
+                let hash = c.hash(w);
+                pass |= filter[filter_word(hash) & word_mask] >> (hash >> 58) & 1;
+            }
+            bits = bits << 1 | pass;
+        }
+        bits
+    }
+
+    /// Keeps, in order, the first `n` candidates (offsets in `block`) whose
+    /// window passes the head filter of some class; returns their number.
+    /// Without a branch per candidate.
+    #[inline(always)]
+    fn heads_block<const N: usize>(
+        &self,
+        classes: &[Class; N],
+        block: &[u8],
+        candidates: &mut [u16; BLOCK + 1],
+        n: usize,
+    ) -> usize {
+        let heads_filter = self.heads_filter.as_slice();
+        let word_mask = heads_filter.len() - 1;
+        let mut kept = 0;
+        for k in 0..n.min(BLOCK) {
+            let i = candidates[k];
+            let w = window(block, usize::from(i));
+            let mut pass = false;
+            for (c, shifts) in classes.iter().zip(&self.head_shifts) {
+                let heads = heads_filter[filter_word(c.hash(w)) & word_mask];
+                pass |= heads & head_probe(shifts, w) != 0;
+            }
+            candidates[kept.min(BLOCK)] = i;
+            kept += usize::from(pass);
+        }
+        kept
+    }
+
     /// Finds the keywords at `p` (`w`: the window there) and adds their tags;
     /// true once every tag is hit. Out of line: the scan loop stays small.
     #[inline(never)]
@@ -470,18 +740,14 @@ impl Matcher {
         let word_mask = self.filter.len() - 1;
         let bucket_mask = self.buckets.len() - 1;
         let folded = fold_ascii(w);
-        for c in &self.classes {
+        for (c, shifts) in self.classes.iter().zip(&self.head_shifts) {
             let hash = c.hash(w);
             let heads = self
                 .heads_filter
                 .get(filter_word(hash) & word_mask)
                 .copied()
                 .unwrap_or(0);
-            let some_head = self.head_masks.iter().any(|&m| {
-                let bits = head_bits((w & m).wrapping_mul(HEAD_MULTIPLIER));
-                heads & bits == bits
-            });
-            if !some_head {
+            if heads & head_probe(shifts, w) == 0 {
                 continue;
             }
             let mut b = (hash >> self.bucket_shift) as usize;
@@ -674,6 +940,16 @@ mod tests {
             .collect()
     }
 
+    /// The classifier of `spec` twice: scanning one position at a time, and
+    /// in blocks (which `new` picks only for large matchers).
+    fn both_scans(spec: &[(String, Vec<String>)]) -> [KeywordClassifier; 2] {
+        let mut each = KeywordClassifier::new(spec).unwrap();
+        let mut blocks = each.clone();
+        each.matcher.iter_mut().for_each(|m| m.blocks = false);
+        blocks.matcher.iter_mut().for_each(|m| m.blocks = true);
+        [each, blocks]
+    }
+
     fn classify(c: &KeywordClassifier, spans: &[&str]) -> Vec<String> {
         let mut hits = TagSet::new();
         for span in spans {
@@ -815,29 +1091,41 @@ mod tests {
     fn keywords_at_span_edges_and_in_short_spans() {
         // Every length around the key widths (2, 4, 6 bytes; 1, 3 and 5 are
         // entered under 32 keys) and the 8-byte heads.
+        // Spans of 256 bytes and more go through the block scan (when forced).
         let letters = "abcdefghijklmnop";
+        let pad = "-".repeat(300);
         for len in 1..=12 {
             let kw = &letters[..len];
-            let c = KeywordClassifier::new(&tags(&[("t", &[kw])])).unwrap();
-            let upper = kw.to_ascii_uppercase();
-            for span in [
-                kw.to_string(),
-                upper.clone(),
-                format!("xx{kw}"),
-                format!("{kw}yy"),
-                format!("x{upper}y"),
-                format!("0123456789{kw}"),
-                format!("{upper}0123456789"),
-            ] {
-                assert_eq!(classify(&c, &[&span]), ["t"], "{kw:?} in {span:?}");
-            }
-            // One byte short, at either end, or split over two spans.
-            let (head, tail) = (&kw[..len - 1], &kw[1..]);
-            for span in [head, tail, &format!("xx{head}"), &format!("{tail}yy")] {
-                assert!(classify(&c, &[span]).is_empty(), "{kw:?} in {span:?}");
-            }
-            if len > 1 {
-                assert!(classify(&c, &[head, &kw[len - 1..]]).is_empty(), "{kw:?}");
+            for c in both_scans(&tags(&[("t", &[kw])])) {
+                let upper = kw.to_ascii_uppercase();
+                for span in [
+                    kw.to_string(),
+                    upper.clone(),
+                    format!("xx{kw}"),
+                    format!("{kw}yy"),
+                    format!("x{upper}y"),
+                    format!("0123456789{kw}"),
+                    format!("{upper}0123456789"),
+                    format!("{pad}{kw}"),
+                    format!("{upper}{pad}"),
+                ] {
+                    assert_eq!(classify(&c, &[&span]), ["t"], "{kw:?} in {span:?}");
+                }
+                // One byte short, at either end, or split over two spans.
+                let (head, tail) = (&kw[..len - 1], &kw[1..]);
+                for span in [
+                    head,
+                    tail,
+                    &format!("xx{head}"),
+                    &format!("{tail}yy"),
+                    &format!("{pad}{head}"),
+                    &format!("{tail}{pad}"),
+                ] {
+                    assert!(classify(&c, &[span]).is_empty(), "{kw:?} in {span:?}");
+                }
+                if len > 1 {
+                    assert!(classify(&c, &[head, &kw[len - 1..]]).is_empty(), "{kw:?}");
+                }
             }
         }
     }
@@ -846,24 +1134,33 @@ mod tests {
     fn zero_padding_and_odd_bytes_never_match() {
         // Past the end of a span the window is zero-padded: a keyword ending
         // in NUL must not match a span that ends just before its NUL.
-        let c = KeywordClassifier::new(&tags(&[
-            ("nul", &["ab\0"]),
-            ("long", &["abcdefgh\0"]),
-            ("x", &["x"]),
-        ]))
-        .unwrap();
-        for span in ["ab", "zab", "abcdefgh", "zzabcdefgh"] {
-            assert!(classify(&c, &[span]).is_empty(), "{span:?}");
+        let spec = tags(&[("nul", &["ab\0"]), ("long", &["abcdefgh\0"]), ("x", &["x"])]);
+        let pad = "-".repeat(300);
+        for c in both_scans(&spec) {
+            for span in ["ab", "zab", "abcdefgh", "zzabcdefgh"] {
+                assert!(classify(&c, &[span]).is_empty(), "{span:?}");
+                assert!(
+                    classify(&c, &[&format!("{pad}{span}")]).is_empty(),
+                    "{span:?}"
+                );
+            }
+            assert_eq!(classify(&c, &["zAB\0"]), ["nul"]);
+            assert_eq!(classify(&c, &["zABCDEFGH\0"]), ["long"]);
+            assert_eq!(classify(&c, &[&format!("{pad}AB\0{pad}")]), ["nul"]);
+            // Bytes that are not UTF-8, or zeros: nothing matches (empty
+            // table slots included).
+            let mut hits = TagSet::new();
+            for span in [
+                &[0xff; 20][..],
+                &[0; 20],
+                &[0xff; 3],
+                &[0; 300],
+                &[0xff; 300],
+            ] {
+                c.scan(span, &mut hits);
+            }
+            assert!(hits.is_empty());
         }
-        assert_eq!(classify(&c, &["zAB\0"]), ["nul"]);
-        assert_eq!(classify(&c, &["zABCDEFGH\0"]), ["long"]);
-        // Bytes that are not UTF-8, or zeros: nothing matches (empty table
-        // slots included).
-        let mut hits = TagSet::new();
-        c.scan(&[0xff; 20], &mut hits);
-        c.scan(&[0; 20], &mut hits);
-        c.scan(&[0xff; 3], &mut hits);
-        assert!(hits.is_empty());
     }
 
     #[test]
@@ -1066,14 +1363,17 @@ mod tests {
             .collect();
         let c = KeywordClassifier::new(&spec).unwrap();
         assert!(c.memory_usage() > 0);
+        // A matcher this large scans in blocks.
+        assert!(c.matcher.as_ref().is_some_and(|m| m.blocks));
         let keywords: Vec<&String> = spec
             .iter()
             .flat_map(|(_, k)| k)
             .filter(|k| k.len() > 2)
             .collect();
+        let scans = both_scans(&spec);
         for round in 0..6 {
             let spans: Vec<Vec<u8>> = (0..3)
-                .map(|_| random_span(&mut rng, &keywords, 600))
+                .map(|_| random_span(&mut rng, &keywords, 2500))
                 .collect();
             let want = reference(&spec, &spans);
             assert!(
@@ -1081,7 +1381,128 @@ mod tests {
                 "round {round}: {}",
                 want.len()
             );
-            assert_eq!(scan_spans(&c, &spans), want, "round {round}");
+            for c in &scans {
+                assert_eq!(scan_spans(c, &spans), want, "round {round}");
+            }
         }
+    }
+
+    // ---- The block scan: groups, blocks, candidates ----------------------
+
+    #[test]
+    fn block_scan_finds_keywords_at_group_and_block_edges() {
+        // Windows 63/64 end and start a group (64 windows), 1,023/1,024 a
+        // block; spans from 256 bytes are scanned in blocks, a group needs 71
+        // bytes, and a span's last 7–70 positions are scanned one at a time.
+        let never = "zqzqzqzq";
+        for kw in [
+            "q",
+            "ab",
+            "abc",
+            "abcde",
+            "abcdef",
+            "abcdefg",
+            "abcdefghijk",
+        ] {
+            let [each, blocks] = both_scans(&tags(&[("t", &[kw]), ("never", &[never])]));
+            for len in [
+                70usize, 255, 256, 257, 262, 263, 264, 327, 328, 1094, 1095, 2200,
+            ] {
+                let mut at: Vec<usize> = vec![0, 1, 56, 57, 63, 64, 65, 70, 71, 127, 128];
+                at.extend([1016, 1023, 1024, 1025, 1087, 1088, 2047, 2048]);
+                at.extend((1..=8).map(|back| len.saturating_sub(kw.len() + back - 1)));
+                for at in at.into_iter().filter(|&at| at + kw.len() <= len) {
+                    let mut span = vec![b'x'; len];
+                    span[at..at + kw.len()].copy_from_slice(kw.to_ascii_uppercase().as_bytes());
+                    for c in [&each, &blocks] {
+                        let mut hits = TagSet::new();
+                        c.scan(&span, &mut hits);
+                        assert_eq!(
+                            hits.iter().collect::<Vec<_>>(),
+                            [0],
+                            "{kw:?} at {at} of {len}"
+                        );
+                    }
+                    // Cut one byte short at the end of the span.
+                    let cut = &span[..at + kw.len() - 1];
+                    let mut hits = TagSet::new();
+                    blocks.scan(cut, &mut hits);
+                    assert!(hits.is_empty(), "{kw:?} at {at} of {}", cut.len());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn block_scan_with_a_candidate_at_every_position() {
+        // Every window of "aaa…" passes the filter and the head filter of
+        // "a" (more candidates per group than are taken without a branch, a
+        // block full of candidates); "zz", at the end of a block or of the
+        // span, must still be found, and "zzz" never.
+        let spec = tags(&[("a", &["a"]), ("zz", &["zz"]), ("never", &["zzz"])]);
+        let [_, blocks] = both_scans(&spec);
+        for len in [256usize, 1095, 1100, 3000] {
+            for at in [0, 62, 63, 64, 1022, 1023, 1024, len - 3, len - 2] {
+                if at + 2 > len {
+                    continue;
+                }
+                let mut span = vec![b'a'; len];
+                span[at..at + 2].copy_from_slice(b"zz");
+                let mut hits = TagSet::new();
+                blocks.scan(&span, &mut hits);
+                assert_eq!(
+                    hits.iter().collect::<Vec<_>>(),
+                    [0, 1],
+                    "zz at {at} of {len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn block_scan_with_near_misses() {
+        // Windows that share a keyword's key and head but not the whole
+        // keyword, densely: every candidate reaches the table.
+        let spec = tags(&[("t", &["abcdefghijk"]), ("u", &["abcdefghijx"])]);
+        for c in both_scans(&spec) {
+            let near = "abcdefghij-".repeat(300);
+            assert!(classify(&c, &[&near]).is_empty());
+            // The hit at every candidate of every block.
+            for at in (0..300).map(|j| 11 * j) {
+                let mut span = near.clone().into_bytes();
+                span[at + 10] = b'K';
+                let mut hits = TagSet::new();
+                c.scan(&span, &mut hits);
+                assert_eq!(hits.iter().collect::<Vec<_>>(), [0], "at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn random_long_spans_match_the_reference_in_both_scans() {
+        let mut rng = Rng::new(0x5eed_1234_abcd_0003);
+        let mut hit_counts = 0;
+        for round in 0..300 {
+            let n_tags = 1 + rng.below(8);
+            let spec = random_spec(&mut rng, n_tags, 6, 20);
+            let keywords: Vec<&String> = spec
+                .iter()
+                .flat_map(|(_, k)| k)
+                .filter(|k| !k.is_empty())
+                .collect();
+            let scans = both_scans(&spec);
+            for _ in 0..2 {
+                let n_spans = 1 + rng.below(2);
+                let spans: Vec<Vec<u8>> = (0..n_spans)
+                    .map(|_| random_span(&mut rng, &keywords, 2500))
+                    .collect();
+                let want = reference(&spec, &spans);
+                for c in &scans {
+                    assert_eq!(scan_spans(c, &spans), want, "round {round}: {spec:?}");
+                }
+                hit_counts += want.len();
+            }
+        }
+        assert!(hit_counts > 300, "{hit_counts}");
     }
 }
