@@ -317,6 +317,28 @@ pub(crate) fn wait_for_line(
     }
 }
 
+/// What `loadtest mock` prints once it listens, and what the router prints.
+pub(crate) const MOCK_READY: &str = "listening on http://";
+pub(crate) const ROUTER_READY: &str = "opensourcellmrouter listening on http://";
+
+/// [`spawn`], then wait (up to `timeout`) for the line with `ready` and
+/// return the address printed after it.
+pub(crate) fn spawn_listening(
+    name: &str,
+    cmd: Command,
+    cpu: Option<usize>,
+    log: &Path,
+    ready: &str,
+    timeout: Duration,
+) -> Result<(Proc, SocketAddr), String> {
+    let (mut p, rx) = spawn(name, cmd, cpu, log)?;
+    let addr = wait_for_line(&mut p, &rx, ready, timeout)?;
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{name} printed a bad address `{addr}`"))?;
+    Ok((p, addr))
+}
+
 /// Wait until `addr` accepts TCP connections.
 fn wait_for_port(p: &mut Proc, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
@@ -750,16 +772,14 @@ fn run(
             "--first-byte-ms",
             &o.first_byte_ms.to_string(),
         ]);
-    let (mut mock, rx) = spawn("mock", cmd, load_cpu, &tmp.join("mock.log"))?;
-    let mock_url = wait_for_line(
-        &mut mock,
-        &rx,
-        "listening on http://",
+    let (mock, mock_addr) = spawn_listening(
+        "mock",
+        cmd,
+        load_cpu,
+        &tmp.join("mock.log"),
+        MOCK_READY,
         Duration::from_secs(10),
     )?;
-    let mock_addr: SocketAddr = mock_url
-        .parse()
-        .map_err(|_| format!("bad mock address `{mock_url}`"))?;
     progress(&format!(
         "mock on {mock_addr} (pid {}, CPU {})",
         mock.pid(),
@@ -794,11 +814,12 @@ fn run(
     for (name, bin, observed) in routers {
         let mut cmd = Command::new(&bin);
         cmd.arg(&config).current_dir(tmp);
-        let (mut router, rx) = spawn(name, cmd, router_cpu, &tmp.join(format!("{name}.log")))?;
-        let addr = wait_for_line(
-            &mut router,
-            &rx,
-            "opensourcellmrouter listening on http://",
+        let (router, addr) = spawn_listening(
+            name,
+            cmd,
+            router_cpu,
+            &tmp.join(format!("{name}.log")),
+            ROUTER_READY,
             Duration::from_secs(15),
         )?;
         progress(&format!(
@@ -807,9 +828,6 @@ fn run(
             fmt_cpu(router_cpu)
         ));
         if observed {
-            let addr: SocketAddr = addr
-                .parse()
-                .map_err(|_| format!("bad router address `{addr}`"))?;
             observe(addr, load_cpu);
         }
         targets.push(Target {

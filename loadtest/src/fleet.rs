@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::args::Args;
-use crate::compare::{Proc, measure, router_config_with, spawn, wait_for_line};
+use crate::compare::{
+    MOCK_READY, Proc, ROUTER_READY, measure, router_config_with, spawn_listening,
+};
 use crate::http::{Url, post_request};
 use crate::load::{self, LoadConfig, Mode, Report};
 use crate::rt;
@@ -117,13 +119,14 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
     for i in 0..3 {
         let mut cmd = Command::new(&exe);
         cmd.args(["mock", "--listen", "127.0.0.1:0", "--workers", "1"]);
-        let (mut p, rx) = spawn(
+        let (p, addr) = spawn_listening(
             &format!("mock{i}"),
             cmd,
             load_cpu,
             &tmp.join(format!("mock{i}.log")),
+            MOCK_READY,
+            Duration::from_secs(10),
         )?;
-        let addr = wait_for_line(&mut p, &rx, "listening on http://", Duration::from_secs(10))?;
         urls.push(format!("http://{addr}/v1"));
         mocks.push(Some(p));
     }
@@ -161,11 +164,12 @@ pub fn main(argv: &[String]) -> Result<bool, String> {
         fs::write(&config, router_config_with(&provider, &dir)).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&bin);
         cmd.arg(&config).current_dir(&dir);
-        let (mut p, rx) = spawn(name, cmd, router_cpu, &dir.join("router.log"))?;
-        let addr = wait_for_line(
-            &mut p,
-            &rx,
-            "opensourcellmrouter listening on http://",
+        let (p, addr) = spawn_listening(
+            name,
+            cmd,
+            router_cpu,
+            &dir.join("router.log"),
+            ROUTER_READY,
             Duration::from_secs(15),
         )?;
         let url = Url::parse(&format!("http://{addr}/v1/chat/completions"), "/")?;

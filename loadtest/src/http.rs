@@ -173,6 +173,52 @@ fn starts_with_ignore_case(value: &[u8], prefix: &[u8]) -> bool {
     value.len() >= prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
+/// A response body's payload, decoded from its framing as reads arrive
+/// (Content-Length, chunked, or until the connection closes).
+#[derive(Debug, Clone)]
+pub struct Payload {
+    pub framing: Framing,
+    remaining: u64,
+    chunked: Chunked,
+}
+
+impl Payload {
+    pub fn new(framing: Framing) -> Payload {
+        Payload {
+            framing,
+            remaining: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunked: Chunked::default(),
+        }
+    }
+
+    /// Feed the bytes of one read; `on_data` gets each piece of payload.
+    /// Returns whether the body ended (never, for a body framed by the
+    /// connection's close), or the chunked decoder's error.
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        mut on_data: impl FnMut(&[u8]),
+    ) -> Result<bool, &'static str> {
+        match self.framing {
+            Framing::None => Ok(true),
+            Framing::Length(_) => {
+                let n = self.remaining.min(data.len() as u64) as usize;
+                on_data(&data[..n]);
+                self.remaining -= n as u64;
+                Ok(self.remaining == 0)
+            }
+            Framing::UntilClose => {
+                on_data(data);
+                Ok(false)
+            }
+            Framing::Chunked => self.chunked.feed(data, on_data).map(|(_, done)| done),
+        }
+    }
+}
+
 /// Incremental decoder of a chunked body.
 #[derive(Debug, Clone, Default)]
 pub struct Chunked {

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::args::Args;
 use crate::http::{
-    Chunked, EventScan, Framing, StreamKind, Url, parse_response_head, post_request,
+    EventScan, Framing, Payload, StreamKind, Url, parse_response_head, post_request,
 };
 use crate::rt;
 
@@ -809,13 +809,7 @@ async fn read_response(
         }
     };
     let mut body = Body {
-        framing: head.framing,
-        remaining: if let Framing::Length(n) = head.framing {
-            n
-        } else {
-            0
-        },
-        chunked: Chunked::default(),
+        payload: Payload::new(head.framing),
         scan: EventScan::new(head.kind),
         first_body: None,
         last_event: None,
@@ -828,7 +822,7 @@ async fn read_response(
         *buf = b;
         now = Instant::now();
         match r {
-            Ok(0) if body.framing == Framing::UntilClose => break,
+            Ok(0) if body.payload.framing == Framing::UntilClose => break,
             Ok(0) => return Err(Fail::Truncated),
             Ok(_) => {}
             Err(_) => return Err(Fail::Truncated),
@@ -847,9 +841,7 @@ async fn read_response(
 }
 
 struct Body {
-    framing: Framing,
-    remaining: u64,
-    chunked: Chunked,
+    payload: Payload,
     scan: EventScan,
     first_body: Option<Instant>,
     last_event: Option<Instant>,
@@ -858,28 +850,10 @@ struct Body {
 impl Body {
     /// Feed received bytes; returns whether the body is complete.
     fn feed(&mut self, data: &[u8], now: Instant, gaps: &mut Vec<u64>) -> Result<bool, Fail> {
-        match self.framing {
-            Framing::None => Ok(true),
-            Framing::Length(_) => {
-                let n = (self.remaining.min(data.len() as u64)) as usize;
-                self.on_data(&data[..n], now, gaps);
-                self.remaining -= n as u64;
-                Ok(self.remaining == 0)
-            }
-            Framing::UntilClose => {
-                self.on_data(data, now, gaps);
-                Ok(false)
-            }
-            Framing::Chunked => {
-                let mut chunked = std::mem::take(&mut self.chunked);
-                let r = chunked.feed(data, |d| self.on_data(d, now, gaps));
-                self.chunked = chunked;
-                match r {
-                    Ok((_, done)) => Ok(done),
-                    Err(_) => Err(Fail::Parse),
-                }
-            }
-        }
+        let mut payload = std::mem::replace(&mut self.payload, Payload::new(Framing::None));
+        let r = payload.feed(data, |d| self.on_data(d, now, gaps));
+        self.payload = payload;
+        r.map_err(|_| Fail::Parse)
     }
 
     fn on_data(&mut self, d: &[u8], now: Instant, gaps: &mut Vec<u64>) {

@@ -35,8 +35,8 @@ use monoio::net::TcpStream;
 use serde::Serialize;
 
 use crate::args::Args;
-use crate::compare::{Proc, router_config_with, spawn, wait_for_line};
-use crate::http::{Chunked, EventScan, Framing, Url, parse_response_head, post_request};
+use crate::compare::{MOCK_READY, Proc, ROUTER_READY, router_config_with, spawn_listening};
+use crate::http::{EventScan, Framing, Payload, Url, parse_response_head, post_request};
 use crate::load::{Pcts, default_body};
 use crate::{procfs, rt};
 
@@ -329,17 +329,14 @@ fn run(
     cmd.args(["mock", "--listen", "127.0.0.1:0", "--workers", "1"])
         .args(["--events", &o.events.to_string()])
         .args(["--interval-ms", &interval_ms.to_string()]);
-    let (mut mock, rx) = spawn("mock", cmd, load_cpu, &tmp.join("mock.log"))?;
-    let mock_url = wait_for_line(
-        &mut mock,
-        &rx,
-        "listening on http://",
+    let (mock, mock_addr) = spawn_listening(
+        "mock",
+        cmd,
+        load_cpu,
+        &tmp.join("mock.log"),
+        MOCK_READY,
         Duration::from_secs(10),
     )?;
-    drop(rx);
-    let mock_addr: SocketAddr = mock_url
-        .parse()
-        .map_err(|_| format!("bad mock address `{mock_url}`"))?;
     progress(&format!(
         "mock on {mock_addr} (pid {}, CPU {}), {} events {interval_ms} ms apart",
         mock.pid(),
@@ -355,17 +352,14 @@ fn run(
             .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
         let mut cmd = Command::new(bin);
         cmd.arg(&config).current_dir(tmp);
-        let (mut p, rx) = spawn("router", cmd, router_cpu, &tmp.join("router.log"))?;
-        let addr = wait_for_line(
-            &mut p,
-            &rx,
-            "opensourcellmrouter listening on http://",
+        let (p, addr) = spawn_listening(
+            "router",
+            cmd,
+            router_cpu,
+            &tmp.join("router.log"),
+            ROUTER_READY,
             Duration::from_secs(15),
         )?;
-        drop(rx);
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|_| format!("bad router address `{addr}`"))?;
         progress(&format!(
             "router on {addr} (pid {}, CPU {}, one worker)",
             p.pid(),
@@ -862,12 +856,7 @@ async fn one_stream(g: &Gen) -> Result<(), Fail> {
         return Err(Fail::Status(head.status));
     }
     let mut body = Body {
-        framing: head.framing,
-        remaining: match head.framing {
-            Framing::Length(n) => n,
-            _ => 0,
-        },
-        chunked: Chunked::default(),
+        payload: Payload::new(head.framing),
         scan: EventScan::new(head.kind),
         last: None,
         started,
@@ -879,7 +868,7 @@ async fn one_stream(g: &Gen) -> Result<(), Fail> {
         buf = b;
         let now = Instant::now();
         if n == 0 {
-            if body.framing == Framing::UntilClose {
+            if body.payload.framing == Framing::UntilClose {
                 break;
             }
             return Err(Fail::Truncated);
@@ -895,9 +884,7 @@ async fn one_stream(g: &Gen) -> Result<(), Fail> {
 
 /// The body of one stream: its framing and events.
 struct Body {
-    framing: Framing,
-    remaining: u64,
-    chunked: Chunked,
+    payload: Payload,
     scan: EventScan,
     /// When the last event arrived.
     last: Option<Instant>,
@@ -907,29 +894,12 @@ struct Body {
 impl Body {
     /// Feed the bytes of one read (arrived at `now`); whether the body ended.
     fn feed(&mut self, g: &Gen, data: &[u8], now: Instant) -> Result<bool, Fail> {
-        match self.framing {
-            Framing::None => Ok(true),
-            Framing::Length(_) => {
-                let n = self.remaining.min(data.len() as u64) as usize;
-                self.events(g, &data[..n], now);
-                self.remaining -= n as u64;
-                Ok(self.remaining == 0)
-            }
-            Framing::UntilClose => {
-                self.events(g, data, now);
-                Ok(false)
-            }
-            Framing::Chunked => {
-                let mut chunked = std::mem::take(&mut self.chunked);
-                let r = chunked.feed(data, |d| self.events(g, d, now));
-                self.chunked = chunked;
-                r.map(|(_, done)| done).map_err(|_| Fail::Parse)
-            }
-        }
+        let mut payload = std::mem::replace(&mut self.payload, Payload::new(Framing::None));
+        let r = payload.feed(data, |d| self.events(g, d, now));
+        self.payload = payload;
+        r.map_err(|_| Fail::Parse)
     }
 
-    /// Count the events completed by `d`; one gap per arrival (events that
-    /// arrive in the same read, like the terminal burst, are one arrival).
     fn events(&mut self, g: &Gen, d: &[u8], now: Instant) {
         let mut count = 0u64;
         self.scan.feed(d, || count += 1);
