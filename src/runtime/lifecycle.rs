@@ -321,8 +321,19 @@ async fn serve_stream(
         relay::relay_stream(core, conn, req, ctx, &mut s.relay, &mut resp).await;
     conn.up_resp = resp;
     let ok = (200..300).contains(&s.relay.head.status);
-    let text = ctx.response.clone().unwrap_or_default();
-    post_response(run, ctx, s.relay.client, None, &text, ok);
+    if !run.active.is_empty() {
+        // Lent to the hooks, not copied: the whole reply's text.
+        let text = ctx.response.take();
+        post_response(
+            run,
+            ctx,
+            s.relay.client,
+            None,
+            text.as_deref().unwrap_or(""),
+            ok,
+        );
+        ctx.response = text;
+    }
     let result = match outcome {
         Relay::Complete => Ok(after_reply(conn, req)),
         Relay::ClientGone => Err(RouterError::client_gone()),
